@@ -1,0 +1,66 @@
+"""The block contract and the wrapper that gives every layer type the shared keys.
+
+A block is the layer's main operation: `forward(h, ctx) -> y`, both (B, L, dim_model). The
+`Layer` wrapper around it applies what every layer type shares, in this order:
+
+    h = token_shift(pre_norm(x))          # pre_norm_bool, token_shift_config
+    y = block(h, ctx)
+    y = y * act(W_gate(x or h))           # output_gate
+    y = post_norm(y)                      # post_norm_bool
+    out = x + dropout(y)                  # add_residual, dropout
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import LayerConfig, LayerPlan, ModelConfig
+from ..context import ForwardContext
+from ..layers.gate import OutputGate
+from ..layers.norms import make_norm
+from ..layers.token_shift import make_token_shift
+
+
+class Block(nn.Module):
+    """Base class of registered blocks. A subclass that has a linear layer writing to the
+    residual stream names it `out_proj`, so the model can scale its initialisation with depth."""
+
+    config_cls: type[LayerConfig]  # set by @register_block
+
+    def __init__(self, cfg: LayerConfig, model: ModelConfig, plan: LayerPlan):
+        super().__init__()
+        self.cfg = cfg
+        self.plan = plan
+
+    def forward(self, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class Layer(nn.Module):
+    def __init__(self, block: Block, cfg: LayerConfig, model: ModelConfig):
+        super().__init__()
+        dim, eps = model.dim_model, model.norm_eps
+        self.pre_norm = make_norm(cfg.norm_type, dim, eps) if cfg.pre_norm_bool else None
+        self.token_shift = make_token_shift(cfg.token_shift_config)
+        self.block = block
+        gate = cfg.output_gate
+        self.gate = OutputGate(dim, dim, gate.activation, gate.source) if gate else None
+        self.post_norm = make_norm(cfg.norm_type, dim, eps) if cfg.post_norm_bool else None
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None
+        self.add_residual = cfg.add_residual
+
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        h = x if self.pre_norm is None else self.pre_norm(x)
+        if self.token_shift is not None:
+            if ctx.padding_mask is not None:  # padding never leaks into real tokens' features
+                h = h * ctx.padding_mask[..., None].to(h.dtype)
+            h = self.token_shift(h)
+        y = self.block(h, ctx)
+        if self.gate is not None:
+            y = self.gate(y, x, h)
+        if self.post_norm is not None:
+            y = self.post_norm(y)
+        if self.dropout is not None:
+            y = self.dropout(y)
+        return x + y if self.add_residual else y

@@ -1,0 +1,104 @@
+"""Position-wise feed-forward network with the GLU family and an RWKV-style output gate.
+
+Papers:
+- Vaswani et al. 2017, arXiv 1706.03762 (up-project, GELU, down-project).
+- GLU variants: Shazeer 2020, "GLU Variants Improve Transformer", arXiv 2002.05202.
+  `num_projections` parallel up-projections are multiplied element-wise, the first `num_gelu`
+  of them through GELU: 2 with 1 GELU = GEGLU, 2 with 0 = bilinear. 0 or 1 projection = plain.
+- Token shift on the hidden features (`inner_token_shift_config`) and the sigmoid output gate
+  (`output_sigmoid_gate_bool`, RWKV's channel-mix receptance): Peng et al. 2023, arXiv 2305.13048.
+
+Shapes: (B, L, dim_model) -> (B, L, hidden) per projection -> (B, L, dim_model),
+hidden = round(ff_mult * dim_model).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, NonNegativeInt, PositiveFloat
+from torch import nn
+
+from ..config import LayerConfig, LayerPlan, ModelConfig, TokenShiftChunk
+from ..config.layer import check_token_shift
+from ..context import ForwardContext
+from ..layers.gate import OutputGate
+from ..layers.token_shift import make_token_shift
+from ..registry import register_block
+from .base import Block
+
+
+class FFNConfig(LayerConfig):
+    type: Literal["FFN"] = "FFN"
+    ff_mult: PositiveFloat = 4.0
+    num_projections: int = Field(1, ge=0, le=4)
+    num_gelu: Optional[NonNegativeInt] = None  # None: 1
+    inner_token_shift_config: Optional[list[TokenShiftChunk]] = None
+    output_sigmoid_gate_bool: bool = False
+    bias_bool: bool = True
+
+    def resolve(self, model: ModelConfig) -> FFNConfig:
+        resolved = self.model_copy(update={"num_gelu": 1 if self.num_gelu is None else self.num_gelu})
+        return LayerConfig.resolve(resolved, model)
+
+    def dim_hidden(self, model: ModelConfig) -> int:
+        return max(1, round(self.ff_mult * model.dim_model))
+
+    def block_params(self, model: ModelConfig) -> int:
+        dim, hidden, bias = model.dim_model, self.dim_hidden(model), int(self.bias_bool)
+        n = max(self.num_projections, 1)
+        gate = dim * dim + bias * dim if self.output_sigmoid_gate_bool else 0
+        return n * (dim * hidden + bias * hidden) + hidden * dim + bias * dim + gate
+
+    def check(self, model: ModelConfig):
+        issues = super().check(model)
+        if self.num_gelu > max(self.num_projections, 1):
+            issues.append(("num_gelu", f"{self.num_gelu} is more than num_projections ({self.num_projections}); "
+                                       f"valid: 0..{max(self.num_projections, 1)}"))
+        issues += check_token_shift(self.inner_token_shift_config, self.dim_hidden(model), model.is_causal,
+                                    "inner_token_shift_config", "the hidden width round(ff_mult * dim_model)")
+        return issues
+
+    def summary(self) -> str:
+        n = max(self.num_projections, 1)
+        kind = {1: "mlp"}.get(n, f"glu{n}")
+        parts = [f"ff_mult={self.ff_mult:g}", f"{kind}(gelu={self.num_gelu})"]
+        if self.inner_token_shift_config:
+            parts.append("inner_shift=" + "/".join(str(c.shift) for c in self.inner_token_shift_config))
+        if self.output_sigmoid_gate_bool:
+            parts.append("sigmoid_gate")
+        rest = super().summary()
+        return " ".join(parts) + (" " + rest if rest else "")
+
+
+@register_block("FFN", FFNConfig)
+class FFN(Block):
+    def __init__(self, cfg: FFNConfig, model: ModelConfig, plan: LayerPlan):
+        super().__init__(cfg, model, plan)
+        hidden = cfg.dim_hidden(model)
+        self.num_projections = max(cfg.num_projections, 1)
+        self.num_gelu = cfg.num_gelu
+        # All up-projections in one matmul; chunked in forward.
+        self.up = nn.Linear(model.dim_model, hidden * self.num_projections, bias=cfg.bias_bool)
+        self.inner_shift = make_token_shift(cfg.inner_token_shift_config)
+        self.out_proj = nn.Linear(hidden, model.dim_model, bias=cfg.bias_bool)
+        self.gate = OutputGate(model.dim_model, model.dim_model, "sigmoid", "hidden", cfg.bias_bool) \
+            if cfg.output_sigmoid_gate_bool else None
+
+    def forward(self, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        u = self.up(h)  # (B, L, hidden * num_projections)
+        if self.num_projections == 1:
+            z = F.gelu(u) if self.num_gelu else u
+        else:
+            parts = u.chunk(self.num_projections, dim=-1)  # each (B, L, hidden)
+            z = F.gelu(parts[0]) if self.num_gelu > 0 else parts[0]
+            for i in range(1, self.num_projections):
+                z = z * (F.gelu(parts[i]) if i < self.num_gelu else parts[i])
+        if self.inner_shift is not None:
+            if ctx.padding_mask is not None:
+                z = z * ctx.padding_mask[..., None].to(z.dtype)
+            z = self.inner_shift(z)
+        y = self.out_proj(z)
+        return y if self.gate is None else self.gate(y, h, h)

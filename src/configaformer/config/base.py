@@ -1,0 +1,76 @@
+"""Shared pieces of the config language: the strict pydantic base and error conversion."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import Problem
+
+
+class StrictModel(BaseModel):
+    """Base for every config schema: unknown keys are errors, types are not coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def join_path(prefix: str, loc: tuple | list) -> str:
+    """`('layers', 3, 'num_heads')` -> `layers[3].num_heads` (prefix is prepended)."""
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def did_you_mean(key: str, valid: list[str] | set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _owner_fields(schema: type[BaseModel], loc: tuple) -> set[str]:
+    """The keys valid next to the last element of `loc` inside `schema` (for did-you-mean)."""
+    model: Any = schema
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        model = _nested_model(field.annotation) if field else None
+    return set(model.model_fields) if model is not None else set()
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def problems_from_validation(err: ValidationError, schema: type[BaseModel], prefix: str = "") -> list[Problem]:
+    """Turn pydantic's errors into `Problem`s with our key paths and a hint of what is valid."""
+    problems = []
+    for e in err.errors(include_url=False):
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path = join_path(prefix, loc)
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            valid = _owner_fields(schema, loc) - {"type"}
+            key = str(loc[-1]) if loc else ""
+            msg = f"unknown key; {did_you_mean(key, valid)}valid keys: {', '.join(sorted(valid))}"
+        elif kind == "missing":
+            msg = "required key is missing"
+        else:
+            got = e.get("input")
+            text = e["msg"]
+            if text.startswith("Value error, "):
+                text = text[len("Value error, "):]
+            msg = f"{text} (got {got!r})" if not isinstance(got, (dict, list)) else text
+        problems.append(Problem(path, msg))
+    return problems

@@ -1,0 +1,69 @@
+"""Model-wide keys (dim_model, vocab_size, dim_rope, classifiers, input_emb_size, layers, ...)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
+
+from .base import StrictModel
+from .layer import NormType
+
+
+class ClassifierConfig(StrictModel):
+    """One output head. A bare integer in `classifiers` means `{"num_classes": n}`."""
+
+    num_classes: int  # validated >= 1 by the resolver so the message can say so plainly
+    name: Optional[str] = None  # default: "lm" for the first head whose size is vocab_size, else "head{i}"
+    head_type: Literal["ffn", "linear", "tied"] = "ffn"
+    bias_bool: bool = True
+    ff_mult: PositiveFloat = 1.0  # hidden width of the "ffn" head, in units of dim_model
+
+
+class ModelConfig(StrictModel):
+    """Settings of the whole model; `layers` holds one layer config per layer, in order."""
+
+    dim_model: PositiveInt
+    vocab_size: PositiveInt
+    dim_rope: NonNegativeInt = 0
+    classifiers: list[ClassifierConfig]
+    input_emb_size: Optional[PositiveInt] = None  # None: dim_model
+    layers: list[Any]
+    max_seq_len: Optional[PositiveInt] = None
+    emb_dropout: NonNegativeFloat = Field(0.0, lt=1.0)
+    norm_type: NormType = "layernorm"
+    norm_eps: PositiveFloat = 1e-5
+    final_norm_bool: bool = True
+    rope_base: PositiveFloat = 10000.0
+    init_std: PositiveFloat = 0.02
+    init_scale_residual_bool: bool = True
+    attention_impl: Literal["auto", "explicit"] = "auto"
+
+    @field_validator("classifiers", mode="before")
+    @classmethod
+    def _ints_are_class_counts(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [{"num_classes": v} if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return value
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers_are_a_list(cls, value: Any) -> Any:
+        if isinstance(value, tuple):
+            return list(value)
+        return value
+
+    # ---- derived facts, available once layers are resolved -----------------------------------
+    @property
+    def emb_size(self) -> int:
+        return self.input_emb_size or self.dim_model
+
+    @property
+    def is_causal(self) -> bool:
+        """True when every layer that mixes tokens with a causal flag is causal."""
+        flags = [f for f in (layer.declared_causal() for layer in self.layers) if f is not None]
+        return all(flags)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved config as plain JSON-able data (what `save_pretrained` writes)."""
+        return self.model_dump(mode="json")

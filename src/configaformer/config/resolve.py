@@ -1,0 +1,173 @@
+"""Whole-config resolution: load, validate every layer, fill defaults, check cross-layer wiring.
+
+Everything here runs before a single tensor exists, and every problem found is reported
+together in one `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import ConfigError, Problem
+from ..registry import get_block, list_blocks
+from .base import did_you_mean, problems_from_validation
+from .layer import LayerConfig
+from .model import ModelConfig
+
+ConfigLike = Union[ModelConfig, dict, str, Path]
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What the builder decided for one layer from the whole layer list.
+
+    keep: cross-layer tensors this layer must materialise and hand on (a later layer reads them).
+    sources: for each tensor this layer reads, the index of the layer that produces it.
+    """
+
+    index: int
+    keep: frozenset[str] = frozenset()
+    sources: dict[str, int] = field(default_factory=dict)
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a model config from a YAML or JSON file (JSON is YAML, so one parser serves both)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(Problem("", f"config file {str(path)!r} does not exist"))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(Problem("", f"{path} is not valid YAML/JSON: {exc}")) from None
+    if isinstance(data, dict) and "model" in data and "layers" not in data:
+        data = data["model"]  # a run file: its model section
+    if not isinstance(data, dict):
+        raise ConfigError(Problem("", f"{path} must hold a mapping of config keys, got {type(data).__name__}"))
+    return data
+
+
+def resolve_config(config: ConfigLike) -> ModelConfig:
+    """Validate `config` and return it with every default filled in. Raises ConfigError."""
+    if isinstance(config, ModelConfig):
+        return resolve_config(config.to_dict())
+    if isinstance(config, (str, Path)):
+        config = load_config(config)
+    if not isinstance(config, dict):
+        raise ConfigError(Problem("", f"a config is a dict (or a YAML/JSON file), got {type(config).__name__}"))
+
+    problems: list[Problem] = []
+    try:
+        model = ModelConfig.model_validate(config)
+    except ValidationError as err:
+        problems += problems_from_validation(err, ModelConfig)
+        model = None
+
+    raw_layers = config.get("layers")
+    layers: list[LayerConfig | None] = []
+    if isinstance(raw_layers, (list, tuple)):
+        if not raw_layers:
+            problems.append(Problem("layers", "the layer list is empty; give at least one layer"))
+        for i, raw in enumerate(raw_layers):
+            layer, found = _validate_layer(raw, f"layers[{i}]")
+            layers.append(layer)
+            problems += found
+
+    if model is not None:
+        problems += _check_classifiers(model)
+
+    if model is None or not layers:
+        raise ConfigError(problems)
+
+    # Per-layer checks run on every layer that parsed, so one pass reports everything.
+    valid = [(i, layer) for i, layer in enumerate(layers) if layer is not None]
+    model = _resolve_defaults(model, [layer for _, layer in valid])
+    for (i, _), layer in zip(valid, model.layers):
+        problems += [Problem(f"layers[{i}].{key}", msg) for key, msg in layer.check(model)]
+    if len(valid) == len(layers):
+        problems += plan_wiring(model.layers)[1]
+    if problems:
+        raise ConfigError(problems)
+    return model
+
+
+def _validate_layer(raw: Any, path: str) -> tuple[LayerConfig | None, list[Problem]]:
+    if not isinstance(raw, dict):
+        return None, [Problem(path, f"a layer is a dict with a 'type' key, got {type(raw).__name__}")]
+    kind = raw.get("type")
+    valid = list_blocks()
+    if kind is None:
+        return None, [Problem(f"{path}.type", f"required key is missing; valid types: {', '.join(valid)}")]
+    if not isinstance(kind, str) or kind not in valid:
+        hint = did_you_mean(kind, valid) if isinstance(kind, str) else ""
+        return None, [Problem(f"{path}.type", f"unknown layer type {kind!r}; {hint}valid types: {', '.join(valid)}")]
+    schema = get_block(kind).config_cls
+    try:
+        return schema.model_validate(raw), []
+    except ValidationError as err:
+        return None, problems_from_validation(err, schema, path)
+
+
+def _check_classifiers(model: ModelConfig) -> list[Problem]:
+    problems = []
+    if not model.classifiers:
+        problems.append(Problem("classifiers", "give at least one classifier (a class count, e.g. [vocab_size])"))
+    names = set()
+    for i, head in enumerate(model.classifiers):
+        path = f"classifiers[{i}]"
+        if head.num_classes < 1:
+            problems.append(Problem(f"{path}.num_classes", f"class count must be >= 1 (got {head.num_classes})"))
+        if head.head_type == "tied" and head.num_classes != model.vocab_size:
+            problems.append(Problem(f"{path}.head_type", f"a tied head needs num_classes == vocab_size "
+                                                         f"({model.vocab_size}), got {head.num_classes}"))
+        if head.name is not None:
+            if head.name in names:
+                problems.append(Problem(f"{path}.name", f"duplicate head name {head.name!r}"))
+            names.add(head.name)
+    return problems
+
+
+def _resolve_defaults(model: ModelConfig, layers: list[LayerConfig]) -> ModelConfig:
+    heads, taken = [], {h.name for h in model.classifiers if h.name}
+    for i, head in enumerate(model.classifiers):
+        name = head.name
+        if name is None:
+            name = "lm" if head.num_classes == model.vocab_size and "lm" not in taken else f"head{i}"
+            taken.add(name)
+        heads.append(head.model_copy(update={"name": name}))
+    model = model.model_copy(update={"input_emb_size": model.emb_size, "classifiers": heads})
+    return model.model_copy(update={"layers": [layer.resolve(model) for layer in layers]})
+
+
+def plan_wiring(layers: list[LayerConfig]) -> tuple[list[LayerPlan], list[Problem]]:
+    """Link each consumer of a cross-layer tensor to the most recent earlier producer.
+
+    Producers that some later layer reads are marked to keep (materialise) that tensor; all
+    other layers are free to use fused kernels that never form it.
+    """
+    problems: list[Problem] = []
+    latest: dict[str, int] = {}
+    keep: dict[int, set[str]] = {}
+    sources: dict[int, dict[str, int]] = {}
+    for i, layer in enumerate(layers):
+        for name, required in layer.consumes().items():
+            src = latest.get(name)
+            if src is None:
+                if required:
+                    problems.append(Problem(f"layers[{i}].{layer.consume_key(name)}",
+                                            f"needs an earlier layer that computes {name!r} to reuse; "
+                                            f"none of layers[0..{i - 1}] does"))
+                continue
+            for key, msg in layer.check_source(name, layers[src]):
+                problems.append(Problem(f"layers[{i}].{key}", msg + f" (reused from layers[{src}])"))
+            keep.setdefault(src, set()).add(name)
+            sources.setdefault(i, {})[name] = src
+        for name in layer.produces():
+            latest[name] = i
+    plans = [LayerPlan(i, frozenset(keep.get(i, ())), sources.get(i, {})) for i in range(len(layers))]
+    return plans, problems

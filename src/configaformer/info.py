@@ -1,0 +1,69 @@
+"""Per-layer summary of a config: type, settings, parameters, output shape.
+
+The model is built on the meta device, so even a billion-parameter config is summarised in
+moments without allocating its weights; output shapes come from a real (meta) forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import ModelConfig
+from .model import Transformer
+
+
+@dataclass
+class Row:
+    name: str
+    kind: str
+    settings: str
+    params: int
+    shape: tuple[int, ...]
+
+
+@dataclass
+class Summary:
+    rows: list[Row]
+    embedding_params: int
+    total_params: int
+
+    @property
+    def non_embedding_params(self) -> int:
+        return self.total_params - self.embedding_params
+
+
+def summarize(config, batch: int = 1, seq_len: int = 128) -> Summary:
+    with torch.device("meta"):
+        model = Transformer(config)
+    cfg: ModelConfig = model.config
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = []
+    modules = [("embedding", model.emb_proj or model.embedding)] + [(f"layers[{i}]", m) for i, m in enumerate(model.layers)]
+    modules += [(f"head {n}", m) for n, m in zip(model.head_names, model.heads)]
+    for name, module in modules:
+        hooks.append(module.register_forward_hook(
+            lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape))))
+    ids = torch.zeros(batch, seq_len, dtype=torch.long, device="meta")
+    with torch.no_grad():
+        model(ids)
+    for h in hooks:
+        h.remove()
+
+    def count(module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    emb = model.embedding.weight.numel()
+    rows = [Row("embedding", "Embedding", f"{cfg.vocab_size} x {cfg.emb_size}"
+                + (f" -> {cfg.dim_model}" if model.emb_proj is not None else ""),
+                emb + (count(model.emb_proj) if model.emb_proj is not None else 0), shapes["embedding"])]
+    for i, (layer_cfg, layer) in enumerate(zip(cfg.layers, model.layers)):
+        rows.append(Row(f"layers[{i}]", layer_cfg.type, layer_cfg.summary(), count(layer), shapes[f"layers[{i}]"]))
+    if model.final_norm is not None:
+        rows.append(Row("final_norm", cfg.norm_type, "", count(model.final_norm), shapes[f"layers[{len(cfg.layers) - 1}]"]))
+    for head_cfg, head, name in zip(cfg.classifiers, model.heads, model.head_names):
+        params = sum(p.numel() for p in head.parameters() if p is not model.embedding.weight)
+        settings = head_cfg.head_type + (" (shares the embedding)" if head_cfg.head_type == "tied" else "")
+        rows.append(Row(f"head {name}", "Classifier", settings, params, shapes[f"head {name}"]))
+    return Summary(rows, emb, model.num_parameters())

@@ -1,0 +1,1 @@
+"""Shared pieces used by blocks and the model: norms, activations, token shift, gates, heads."""

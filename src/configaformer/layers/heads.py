@@ -1,0 +1,59 @@
+"""Classifier heads: each maps final hidden states (B, L, dim_model) to logits (B, L, classes).
+
+- "ffn" (default): x + FFN(norm(x)), then norm and a linear layer. The small residual FFN lets
+  heads that share one trunk specialise its features.
+- "linear": one linear layer.
+- "tied": the input embedding table reused as output weights (Press & Wolf 2017,
+  arXiv 1608.05859), after a projection to input_emb_size when that differs from dim_model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ClassifierConfig, ModelConfig
+from .norms import make_norm
+
+
+class FFNHead(nn.Module):
+    def __init__(self, cfg: ClassifierConfig, model: ModelConfig):
+        super().__init__()
+        dim, hidden = model.dim_model, max(1, round(cfg.ff_mult * model.dim_model))
+        self.norm = make_norm(model.norm_type, dim, model.norm_eps)
+        self.up = nn.Linear(dim, hidden, bias=cfg.bias_bool)
+        self.down = nn.Linear(hidden, dim, bias=cfg.bias_bool)
+        self.out_norm = make_norm(model.norm_type, dim, model.norm_eps)
+        self.out = nn.Linear(dim, cfg.num_classes, bias=cfg.bias_bool)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.down(F.gelu(self.up(self.norm(x))))
+        return self.out(self.out_norm(x))
+
+
+class LinearHead(nn.Module):
+    def __init__(self, cfg: ClassifierConfig, model: ModelConfig):
+        super().__init__()
+        self.out = nn.Linear(model.dim_model, cfg.num_classes, bias=cfg.bias_bool)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(x)
+
+
+class TiedHead(nn.Module):
+    def __init__(self, cfg: ClassifierConfig, model: ModelConfig, embedding: nn.Embedding):
+        super().__init__()
+        emb = model.emb_size
+        self.proj = nn.Linear(model.dim_model, emb, bias=False) if emb != model.dim_model else None
+        self.out = nn.Linear(emb, cfg.num_classes, bias=cfg.bias_bool)
+        self.out.weight = embedding.weight  # one shared Parameter, saved once
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(x if self.proj is None else self.proj(x))
+
+
+def make_head(cfg: ClassifierConfig, model: ModelConfig, embedding: nn.Embedding) -> nn.Module:
+    if cfg.head_type == "tied":
+        return TiedHead(cfg, model, embedding)
+    return {"ffn": FFNHead, "linear": LinearHead}[cfg.head_type](cfg, model)

@@ -1,0 +1,44 @@
+"""Token shift (Peng et al., RWKV; arXiv 2305.13048): move chunks of features along the sequence.
+
+The input's features are split into consecutive chunks; chunk c moves `shift_c` positions later
+(a negative shift looks ahead), and the vacated positions are zero-filled. A token therefore
+sees some features of its predecessors at no attention cost.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TokenShift(nn.Module):
+    def __init__(self, features: list[int], shifts: list[int]):
+        super().__init__()
+        self.features = list(features)
+        self.shifts = list(shifts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, L, D)
+        length = x.shape[1]
+        chunks = x.split(self.features, dim=-1)
+        out = []
+        for chunk, s in zip(chunks, self.shifts):
+            if s == 0:
+                out.append(chunk)
+            elif abs(s) >= length:
+                out.append(torch.zeros_like(chunk))
+            elif s > 0:  # position t receives position t - s
+                out.append(F.pad(chunk[:, : length - s], (0, 0, s, 0)))
+            else:  # position t receives position t + |s|
+                out.append(F.pad(chunk[:, -s:], (0, 0, 0, -s)))
+        return torch.cat(out, dim=-1)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{f}->{s:+d}" for f, s in zip(self.features, self.shifts))
+
+
+def make_token_shift(chunks) -> nn.Module | None:
+    """A TokenShift for a token_shift_config, or None when it moves nothing."""
+    if not chunks or all(c.shift == 0 for c in chunks):
+        return None
+    return TokenShift([c.features for c in chunks], [c.shift for c in chunks])

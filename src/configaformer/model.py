@@ -1,0 +1,192 @@
+"""The model: token embedding -> layers (each built from its layer dict) -> classifier heads.
+
+    ids (B, L) -> embedding (B, L, input_emb_size) -> [projection] -> dropout -> (B, L, dim_model)
+        -> layers[0] ... layers[n-1]  each forward(x, ctx) -> (B, L, dim_model)
+        -> final norm -> one head per classifier -> tuple of logits (B, L, classes)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import blocks  # noqa: F401  (registers the built-in blocks)
+from .blocks.base import Layer
+from .config import ModelConfig, plan_wiring, resolve_config
+from .config.resolve import ConfigLike
+from .context import ForwardContext
+from .layers.heads import make_head
+from .layers.norms import make_norm
+from .positional.rotary import RotaryTable
+from .registry import get_block
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class Transformer(nn.Module):
+    """A transformer built from a config (dict, YAML/JSON path, or ModelConfig).
+
+    `model(token_ids)` returns a tuple with one logits tensor (B, L, classes) per classifier.
+    `model.config` is the fully resolved config (every default filled in).
+    """
+
+    def __init__(self, config: ConfigLike):
+        super().__init__()
+        cfg = resolve_config(config)  # raises ConfigError before any tensor exists
+        self.config: ModelConfig = cfg
+        plans, _ = plan_wiring(cfg.layers)
+
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.emb_size)
+        self.emb_proj = nn.Linear(cfg.emb_size, cfg.dim_model, bias=False) if cfg.emb_size != cfg.dim_model else None
+        self.emb_dropout = nn.Dropout(cfg.emb_dropout) if cfg.emb_dropout > 0 else None
+        rope_dims = sorted({d for d in (layer.rotary_dim() for layer in cfg.layers) if d})
+        self.rotary = nn.ModuleDict({
+            str(d): RotaryTable(d, cfg.rope_base, initial_len=cfg.max_seq_len or 256) for d in rope_dims
+        })
+        self.layers = nn.ModuleList(
+            Layer(get_block(layer.type).block_cls(layer, cfg, plan), layer, cfg)
+            for layer, plan in zip(cfg.layers, plans)
+        )
+        self.final_norm = make_norm(cfg.norm_type, cfg.dim_model, cfg.norm_eps) if cfg.final_norm_bool else None
+        self.heads = nn.ModuleList(make_head(head, cfg, self.embedding) for head in cfg.classifiers)
+        self.head_names = [head.name for head in cfg.classifiers]
+        self.reset_parameters()
+
+    # ---- initialisation ------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) for linear and embedding weights, zero biases, unit norms; by default
+        each layer's output projection gets std init_std / sqrt(num_layers), as in GPT-2 (whose
+        1/sqrt(2 * n_blocks) counts the same thing: residual additions; here each layer is one)."""
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, 0.0, std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                module.reset_parameters()
+        if self.config.init_scale_residual_bool:
+            residual_std = std / math.sqrt(len(self.layers))
+            for layer in self.layers:
+                out_proj = getattr(layer.block, "out_proj", None)
+                if out_proj is not None:
+                    nn.init.normal_(out_proj.weight, 0.0, residual_std)
+
+    # ---- forward -------------------------------------------------------------------------------
+    def forward(self, token_ids: torch.Tensor, padding_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """token_ids (B, L) int; padding_mask (B, L) bool, True for real tokens (optional).
+
+        Returns one logits tensor (B, L, classes) per classifier, in config order."""
+        x = self.forward_features(token_ids, padding_mask)
+        return tuple(head(x) for head in self.heads)
+
+    def forward_features(self, token_ids: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The final hidden states (B, L, dim_model), after the final norm."""
+        self._check_input(token_ids, padding_mask)
+        x = self.embedding(token_ids)  # (B, L, input_emb_size)
+        if self.emb_proj is not None:
+            x = self.emb_proj(x)  # (B, L, dim_model)
+        if self.emb_dropout is not None:
+            x = self.emb_dropout(x)
+        ctx = self.make_context(token_ids.shape[1], x.dtype, padding_mask)
+        for layer in self.layers:
+            x = layer(x, ctx)
+        return x if self.final_norm is None else self.final_norm(x)
+
+    def make_context(self, length: int, dtype: torch.dtype, padding_mask: torch.Tensor | None) -> ForwardContext:
+        device = self.embedding.weight.device
+        positions = None
+        if padding_mask is not None:
+            padding_mask = padding_mask.to(device=device, dtype=torch.bool)
+            # Positions count real tokens only, so left padding leaves every real token's position as is.
+            positions = (padding_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
+        ctx = ForwardContext(seq_len=length, device=device, dtype=dtype, padding_mask=padding_mask,
+                             positions=positions)
+        for dim, table in self.rotary.items():
+            ctx.rotary[int(dim)] = table(length, positions, dtype)
+        return ctx
+
+    def _check_input(self, token_ids: torch.Tensor, padding_mask: torch.Tensor | None) -> None:
+        if token_ids.dim() != 2 or token_ids.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
+            raise ValueError(f"token_ids must be an integer tensor of shape (batch, length), "
+                             f"got {tuple(token_ids.shape)} {token_ids.dtype}")
+        length = token_ids.shape[1]
+        limit = self.config.max_seq_len
+        if limit is not None and length > limit:
+            raise ValueError(f"sequence length {length} exceeds max_seq_len {limit}")
+        if padding_mask is not None and padding_mask.shape != token_ids.shape:
+            raise ValueError(f"padding_mask shape {tuple(padding_mask.shape)} must equal token_ids shape "
+                             f"{tuple(token_ids.shape)}")
+        if token_ids.device.type != "meta" and not torch.compiler.is_compiling() and token_ids.numel():
+            lo, hi = int(token_ids.min()), int(token_ids.max())
+            if lo < 0 or hi >= self.config.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"token id {bad} is out of range for vocab_size {self.config.vocab_size} "
+                                 f"(valid ids: 0..{self.config.vocab_size - 1})")
+
+    # ---- sizes ---------------------------------------------------------------------------------
+    def num_parameters(self, embedding: bool = True) -> int:
+        """Parameters counted once (tied weights once); without the input embedding if asked."""
+        total = sum(p.numel() for p in self.parameters())
+        return total if embedding else total - self.embedding.weight.numel()
+
+    # ---- save / load ---------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write config.json (the resolved config) and model.safetensors into `directory`, atomically."""
+        from safetensors.torch import save_model
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(self, tmp))
+        text = json.dumps(self.config.to_dict(), indent=2) + "\n"
+        _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> Transformer:
+        """Rebuild the model saved by `save_pretrained` (no pickle: JSON + safetensors)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_model
+
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist; expected a directory written by save_pretrained")
+        try:
+            config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{config_path} is not valid JSON: {exc}") from None
+        model = cls(config)
+        try:
+            missing, unexpected = load_model(model, weights_path, strict=False, device=str(device))
+        except (SafetensorError, OSError) as exc:
+            raise ValueError(f"{weights_path} is not a readable safetensors file: {exc}") from None
+        except RuntimeError as exc:
+            raise ValueError(f"{weights_path} does not match {config_path}: {exc}") from None
+        if missing or unexpected:
+            raise ValueError(f"{weights_path} does not match {config_path}: missing {sorted(missing)}, "
+                             f"unexpected {sorted(unexpected)}")
+        return model.to(device)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temporary file in the same directory, fsync, then rename over `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,146 @@
+"""The config language: the seed example, resolution, loading, and every documented mistake."""
+
+import json
+
+import pytest
+import torch
+
+import configaformer
+from configaformer import ConfigError, resolve_config
+
+from .conftest import ATTN, FFN, VOCAB, tiny
+
+
+def seed_example(dim=64, heads=4, vocab=300, repeat=2):
+    """The README example, shrunk: same keys and structure, small sizes."""
+    layer_list = [{"type": "Attention", "dim_attn": dim, "num_heads": heads,
+                   "token_shift_config": [{"features": dim // 2, "shift": 0}, {"features": dim // 2, "shift": 1}]},
+                  {"type": "FFN", "ff_mult": 4, "num_projections": 2, "num_gelu": 1}] * repeat
+    return {"dim_model": dim, "vocab_size": vocab, "dim_rope": 8,
+            "classifiers": [vocab, 6], "input_emb_size": dim // 2, "layers": layer_list}
+
+
+def test_seed_example_builds_and_returns_one_tensor_per_classifier():
+    model = configaformer.Transformer(seed_example())
+    token_ids = torch.randint(0, 300, (2, 9))
+    logits_lm, logits_cls = model(token_ids)
+    assert logits_lm.shape == (2, 9, 300) and logits_cls.shape == (2, 9, 6)
+    assert model.head_names == ["lm", "head1"]
+    assert model.emb_proj is not None  # input_emb_size != dim_model
+
+
+def test_resolved_config_has_every_default_and_is_a_fixed_point():
+    cfg = resolve_config(seed_example())
+    data = cfg.to_dict()
+    assert data["input_emb_size"] == 32
+    attn = data["layers"][0]
+    assert attn["dim_rope"] == 8 and attn["dim_attn"] == 64 and attn["causal_mask_bool"] is True
+    assert attn["pre_norm_bool"] is True and attn["post_norm_bool"] is False and attn["norm_type"] == "layernorm"
+    assert data["layers"][1]["num_gelu"] == 1
+    assert data["classifiers"][1] == {"num_classes": 6, "name": "head1", "head_type": "ffn",
+                                      "bias_bool": True, "ff_mult": 1.0}
+    assert resolve_config(json.loads(json.dumps(data))).to_dict() == data
+    assert len(data["layers"]) == 4
+
+
+def test_yaml_and_json_files_load(tmp_path):
+    config = seed_example()
+    (tmp_path / "m.json").write_text(json.dumps(config))
+    yaml_text = "dim_model: 32\nvocab_size: 50\nclassifiers: [50]\nlayers:\n  - {type: Attention, num_heads: 2}\n"
+    (tmp_path / "m.yaml").write_text(yaml_text)
+    assert resolve_config(tmp_path / "m.json").to_dict() == resolve_config(config).to_dict()
+    assert configaformer.Transformer(str(tmp_path / "m.yaml")).config.layers[0].num_heads == 2
+
+
+def test_layer_may_override_model_dim_rope():
+    cfg = resolve_config(tiny([dict(ATTN, dim_rope=0), ATTN], dim_rope=4))
+    assert [layer.dim_rope for layer in cfg.layers] == [0, 4]
+
+
+def _problems(config):
+    with pytest.raises(ConfigError) as info:
+        configaformer.Transformer(config)
+    assert isinstance(info.value, ValueError)
+    return {p.path: p.message for p in info.value.problems}
+
+
+@pytest.mark.parametrize("config, path, words", [
+    (tiny([dict(ATTN, num_head=4)]), "layers[0].num_head", "did you mean 'num_heads'"),
+    (tiny([ATTN], vocab_sise=3), "vocab_sise", "did you mean 'vocab_size'"),
+    (tiny([dict(ATTN, num_heads="4")]), "layers[0].num_heads", "valid integer"),
+    (tiny([dict(ATTN, causal_mask_bool=1)]), "layers[0].causal_mask_bool", "valid boolean"),
+    (tiny([dict(ATTN, num_heads=5)]), "layers[0].num_heads", "not divisible"),
+    (tiny([dict(ATTN, dim_attn=30, num_heads=4)]), "layers[0].num_heads", "valid num_heads: 1, 2, 3, 5"),
+    (tiny([dict(ATTN, dim_rope=10)]), "layers[0].dim_rope", "at most the head size"),
+    (tiny([dict(ATTN, dim_rope=3)]), "layers[0].dim_rope", "even"),
+    (tiny([ATTN], dim_rope=12), "layers[0].dim_rope", "model-wide"),
+    (tiny([dict(ATTN, token_shift_config=[{"features": 16, "shift": 0}, {"features": 8, "shift": 1}])]),
+     "layers[0].token_shift_config", "sum to dim_model (32)"),
+    (tiny([dict(FFN, num_projections=2, num_gelu=3)]), "layers[0].num_gelu", "more than num_projections"),
+    (tiny([dict(ATTN, previous_attention_bool=True)]), "layers[0].previous_attention_bool", "earlier layer"),
+    (tiny([ATTN, dict(ATTN, previous_attention_bool=True, num_heads=2)]), "layers[1].num_heads", "4"),
+    (tiny([ATTN, dict(ATTN, residual_attention_bool=True, num_heads=8)]), "layers[1].num_heads", "4"),
+    (tiny([dict(ATTN, causal_mask_bool=False), dict(ATTN, previous_attention_bool=True)]),
+     "layers[1].causal_mask_bool", "future"),
+    (tiny([]), "layers", "empty"),
+    (tiny([ATTN], classifiers=[0]), "classifiers[0].num_classes", ">= 1"),
+    (tiny([ATTN], classifiers=[]), "classifiers", "at least one"),
+    (tiny([dict(ATTN, token_shift_config=[{"features": 16, "shift": 0}, {"features": 16, "shift": -1}])]),
+     "layers[0].token_shift_config[1].shift", "looks ahead"),
+    (tiny([FFN, dict(FFN, token_shift_config=[{"features": 32, "shift": -1}])]),
+     "layers[1].token_shift_config[0].shift", "looks ahead"),
+    (tiny([dict(FFN, inner_token_shift_config=[{"features": 60, "shift": 1}])]),
+     "layers[0].inner_token_shift_config", "hidden width"),
+    (tiny([{"type": "Atention"}]), "layers[0].type", "did you mean 'Attention'"),
+    (tiny([{"num_heads": 4}]), "layers[0].type", "valid types: Attention, FFN"),
+    (tiny([ATTN], classifiers=[{"num_classes": 7, "head_type": "tied"}]), "classifiers[0].head_type", "vocab_size"),
+    (tiny([dict(ATTN, output_gate={"activation": "softmax"})]), "layers[0].output_gate.activation", "'sigmoid'"),
+    (tiny([dict(ATTN, dropout=1.5)]), "layers[0].dropout", "less than 1"),
+    ({"vocab_size": 5, "classifiers": [5], "layers": [ATTN]}, "dim_model", "missing"),
+])
+def test_each_mistake_is_a_config_error_naming_its_key(config, path, words):
+    problems = _problems(config)
+    assert path in problems, problems
+    assert words in problems[path], problems[path]
+
+
+def test_bidirectional_model_may_look_ahead():
+    shift = [{"features": 16, "shift": -1}, {"features": 16, "shift": 1}]
+    config = tiny([dict(ATTN, causal_mask_bool=False, token_shift_config=shift), dict(FFN, token_shift_config=shift)])
+    configaformer.Transformer(config)
+
+
+def test_all_problems_are_reported_together():
+    config = tiny([dict(ATTN, num_head=4), {"type": "FFN", "num_gelu": 3, "num_projections": 2},
+                   dict(ATTN, num_heads=5), dict(ATTN, dim_rope=3)], classifiers=[0])
+    problems = _problems(config)
+    assert set(problems) == {"layers[0].num_head", "layers[1].num_gelu", "layers[2].num_heads",
+                             "layers[3].dim_rope", "classifiers[0].num_classes"}
+
+
+def test_errors_come_before_any_tensor(monkeypatch):
+    built = []
+    monkeypatch.setattr(torch.nn.Linear, "__init__", lambda *a, **k: built.append(1))
+    with pytest.raises(ConfigError):
+        configaformer.Transformer(tiny([dict(ATTN, num_heads=5)]))
+    assert not built
+
+
+def test_missing_or_broken_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("layers: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        resolve_config(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        resolve_config(tmp_path / "list.yaml")
+
+
+def test_layer_list_repetition_shares_no_state():
+    layers = [ATTN, FFN] * 3
+    model = configaformer.Transformer(tiny(layers))
+    assert len(model.layers) == 6
+    assert model.layers[0].block.qkv.weight.data_ptr() != model.layers[2].block.qkv.weight.data_ptr()
+    assert layers[0] == ATTN  # the caller's dicts are not modified
+    assert VOCAB == model.config.vocab_size

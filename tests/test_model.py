@@ -1,0 +1,106 @@
+"""The assembled model: heads, embedding, inputs, dtype/device, save/load."""
+
+import json
+
+import pytest
+import torch
+
+import configaformer
+from configaformer import Transformer
+
+from .conftest import ATTN, FFN, VOCAB, tiny
+from .test_attention import RICH_LAYERS
+
+
+def test_tied_head_shares_the_embedding_and_projects_when_widths_differ():
+    model = Transformer(tiny([ATTN], input_emb_size=16, classifiers=[{"num_classes": VOCAB, "head_type": "tied"}]))
+    head = model.heads[0]
+    assert head.out.weight is model.embedding.weight and head.proj.weight.shape == (16, 32)
+    distinct = {id(p) for p in model.parameters()}
+    assert model.num_parameters() == sum(p.numel() for p in model.parameters()) and len(distinct) == len(list(model.parameters()))
+    before = model.embedding.weight.detach().clone()
+    model(torch.randint(0, VOCAB, (1, 4)))[0].sum().backward()
+    assert model.embedding.weight.grad is not None and torch.equal(before, model.embedding.weight.detach())
+
+
+@pytest.mark.parametrize("head_type", ["ffn", "linear", "tied"])
+def test_head_types_give_class_count_logits(head_type):
+    model = Transformer(tiny([ATTN], classifiers=[{"num_classes": VOCAB, "head_type": head_type, "name": "x"}, 3]))
+    out = model(torch.randint(0, VOCAB, (2, 5)))
+    assert [o.shape for o in out] == [(2, 5, VOCAB), (2, 5, 3)] and model.head_names == ["x", "head1"]
+
+
+def test_out_of_range_ids_and_overlong_sequences_are_clear_errors():
+    model = Transformer(tiny([ATTN], max_seq_len=8))
+    with pytest.raises(ValueError, match=r"token id 50 is out of range for vocab_size 50 \(valid ids: 0..49\)"):
+        model(torch.tensor([[1, 50]]))
+    with pytest.raises(ValueError, match="token id -1"):
+        model(torch.tensor([[-1, 2]]))
+    with pytest.raises(ValueError, match="sequence length 9 exceeds max_seq_len 8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer tensor of shape"):
+        model(torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="padding_mask shape"):
+        model(torch.zeros(1, 4, dtype=torch.long), padding_mask=torch.ones(1, 5, dtype=torch.bool))
+
+
+def test_rotary_tables_grow_past_their_cache():
+    model = Transformer(tiny([ATTN])).eval()
+    ids = torch.randint(0, VOCAB, (1, 300))  # the initial cache holds 256 positions
+    (long,) = model(ids)
+    (short,) = model(ids[:, :50])
+    torch.testing.assert_close(long[:, :50], short, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_model_runs_and_follows_its_dtype():
+    model = Transformer(tiny(RICH_LAYERS)).to(torch.bfloat16).eval()
+    (out,) = model(torch.randint(0, VOCAB, (2, 6)))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_residual_output_projections_get_scaled_init():
+    model = Transformer(tiny([ATTN, FFN] * 8, dim_model=256, dim_rope=0))
+    assert model.layers[0].block.out_proj.weight.std().item() == pytest.approx(0.02 / 4, rel=0.1)
+    assert model.layers[0].block.qkv.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    config = tiny(RICH_LAYERS, input_emb_size=16, classifiers=[{"num_classes": VOCAB, "head_type": "tied"}, 4])
+    model = Transformer(config).eval()
+    model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((tmp_path / "m" / "config.json").read_text()) == model.config.to_dict()
+    loaded = Transformer.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config == model.config
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.heads[0].out.weight is loaded.embedding.weight
+    ids = torch.randint(0, VOCAB, (2, 7))
+    for x, y in zip(model(ids), loaded(ids)):
+        assert torch.equal(x, y)
+
+
+def test_bad_checkpoints_get_clear_messages(tmp_path):
+    with pytest.raises(FileNotFoundError, match="save_pretrained"):
+        Transformer.from_pretrained(tmp_path)
+    Transformer(tiny([ATTN])).save_pretrained(tmp_path / "a")
+    Transformer(tiny([ATTN, FFN])).save_pretrained(tmp_path / "b")
+    (tmp_path / "a" / "model.safetensors").replace(tmp_path / "x.safetensors")
+    (tmp_path / "b" / "model.safetensors").replace(tmp_path / "a" / "model.safetensors")
+    with pytest.raises(ValueError, match="does not match"):
+        Transformer.from_pretrained(tmp_path / "a")
+    (tmp_path / "a" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        Transformer.from_pretrained(tmp_path / "a")
+    (tmp_path / "a" / "config.json").write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Transformer.from_pretrained(tmp_path / "a")
+    (tmp_path / "a" / "config.json").write_text(json.dumps(tiny([dict(ATTN, num_heads=5)])))
+    with pytest.raises(configaformer.ConfigError, match=r"layers\[0\].num_heads"):
+        Transformer.from_pretrained(tmp_path / "a")
+
+
+def test_meta_device_build_allocates_nothing():
+    with torch.device("meta"):
+        model = Transformer(tiny([ATTN, FFN]))
+    assert all(p.device.type == "meta" for p in model.parameters())
