@@ -44,6 +44,13 @@ def test_out_of_range_ids_and_overlong_sequences_are_clear_errors():
         model(torch.zeros(1, 4, dtype=torch.long), padding_mask=torch.ones(1, 5, dtype=torch.bool))
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.uint16])
+def test_any_integer_id_dtype_is_accepted(dtype):
+    model = Transformer(tiny([ATTN])).eval()
+    ids = torch.randint(0, VOCAB, (1, 5))
+    torch.testing.assert_close(model(ids.to(dtype))[0], model(ids)[0])
+
+
 def test_rotary_tables_grow_past_their_cache():
     model = Transformer(tiny([ATTN])).eval()
     ids = torch.randint(0, VOCAB, (1, 300))  # the initial cache holds 256 positions
@@ -104,3 +111,13 @@ def test_meta_device_build_allocates_nothing():
     with torch.device("meta"):
         model = Transformer(tiny([ATTN, FFN]))
     assert all(p.device.type == "meta" for p in model.parameters())
+
+
+def test_compiles_with_no_graph_break():
+    model = Transformer(tiny(RICH_LAYERS)).eval()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    ids = torch.randint(0, VOCAB, (2, 9))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[0, :2] = False
+    torch.testing.assert_close(compiled(ids)[0], model(ids)[0])
+    torch.testing.assert_close(compiled(ids, padding_mask=mask)[0], model(ids, padding_mask=mask)[0])

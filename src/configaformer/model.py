@@ -90,7 +90,7 @@ class Transformer(nn.Module):
 
     def forward_features(self, token_ids: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The final hidden states (B, L, dim_model), after the final norm."""
-        self._check_input(token_ids, padding_mask)
+        token_ids = self._check_input(token_ids, padding_mask)
         x = self.embedding(token_ids)  # (B, L, input_emb_size)
         if self.emb_proj is not None:
             x = self.emb_proj(x)  # (B, L, dim_model)
@@ -114,8 +114,9 @@ class Transformer(nn.Module):
             ctx.rotary[int(dim)] = table(length, positions, dtype)
         return ctx
 
-    def _check_input(self, token_ids: torch.Tensor, padding_mask: torch.Tensor | None) -> None:
-        if token_ids.dim() != 2 or token_ids.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
+    def _check_input(self, token_ids: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """Clear errors for bad inputs; returns the ids as int64/int32 (e.g. from uint16 shards)."""
+        if token_ids.dim() != 2 or token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool:
             raise ValueError(f"token_ids must be an integer tensor of shape (batch, length), "
                              f"got {tuple(token_ids.shape)} {token_ids.dtype}")
         length = token_ids.shape[1]
@@ -125,12 +126,15 @@ class Transformer(nn.Module):
         if padding_mask is not None and padding_mask.shape != token_ids.shape:
             raise ValueError(f"padding_mask shape {tuple(padding_mask.shape)} must equal token_ids shape "
                              f"{tuple(token_ids.shape)}")
+        if token_ids.dtype not in (torch.long, torch.int):
+            token_ids = token_ids.long()
         if token_ids.device.type != "meta" and not torch.compiler.is_compiling() and token_ids.numel():
-            lo, hi = int(token_ids.min()), int(token_ids.max())
+            lo, hi = (int(v) for v in torch.aminmax(token_ids))
             if lo < 0 or hi >= self.config.vocab_size:
                 bad = lo if lo < 0 else hi
                 raise ValueError(f"token id {bad} is out of range for vocab_size {self.config.vocab_size} "
                                  f"(valid ids: 0..{self.config.vocab_size - 1})")
+        return token_ids
 
     # ---- sizes ---------------------------------------------------------------------------------
     def num_parameters(self, embedding: bool = True) -> int:
