@@ -2,14 +2,15 @@
 
 The model builds one `ForwardContext` per call and hands it to every layer as `forward(x, ctx)`.
 It holds positions, the caller's padding mask, rotary tables per rotary width, attention masks
-(memoised per causal flag), and `state`: cross-layer tensors such as an attention map that an
-earlier layer produced for a later one. Layers write to `state` only what the builder's
-`LayerPlan.keep` says some later layer reads.
+and position biases (memoised, so layers with equal settings share one tensor), and `state`:
+cross-layer tensors such as an attention map that an earlier layer produced for a later one.
+Layers write to `state` only what the builder's `LayerPlan.keep` says some later layer reads.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
@@ -22,31 +23,51 @@ class ForwardContext:
     padding_mask: torch.Tensor | None = None  # (B, L) bool, True = real token
     positions: torch.Tensor | None = None  # (B, L) positions when padded; None means arange(L)
     rotary: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # dim_rope -> cos, sin
+    context: torch.Tensor | None = None  # (B, S, dim_context) sequence read by cross-attention layers
+    context_mask: torch.Tensor | None = None  # (B, S) bool, True = real context token
     state: dict[str, torch.Tensor] = field(default_factory=dict)
-    _masks: dict[bool, torch.Tensor | None] = field(default_factory=dict)
+    _memo: dict[Any, Any] = field(default_factory=dict)
 
-    def attn_mask(self, causal: bool) -> torch.Tensor | None:
-        """Boolean mask (B|1, 1, L, L), True where a query may attend a key; None if none is needed
-        (no padding and not causal). Padded queries may attend themselves so no row is empty."""
-        if causal not in self._masks:
-            self._masks[causal] = self._build_mask(causal)
-        return self._masks[causal]
+    def memo(self, key: Any, make: Callable[[], Any]) -> Any:
+        """`make()` once per forward for each key; later calls with the same key reuse it."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
-    def fused_mask(self, causal: bool) -> tuple[torch.Tensor | None, bool]:
+    def relative_positions(self) -> torch.Tensor:
+        """(B|1, L, L) long: key position minus query position (negative = the key is earlier)."""
+        def make():
+            pos = self.positions if self.positions is not None else torch.arange(self.seq_len, device=self.device)[None]
+            return pos[:, None, :] - pos[:, :, None]
+        return self.memo("relative_positions", make)
+
+    def attn_mask(self, causal: bool, window: int | None = None) -> torch.Tensor | None:
+        """Boolean mask (B|1, 1, L, L), True where a query may attend a key; None if nothing is
+        masked. `window`: only keys fewer than `window` positions away (sliding-window attention).
+        Padded queries may attend themselves so that no row is empty."""
+        return self.memo(("mask", causal, window), lambda: self._build_mask(causal, window))
+
+    def fused_mask(self, causal: bool, window: int | None = None) -> tuple[torch.Tensor | None, bool]:
         """(attn_mask, is_causal) for scaled_dot_product_attention: the cheap is_causal flag when
         the only masking needed is causal, else the explicit mask."""
-        if self.padding_mask is None:
+        if self.padding_mask is None and window is None:
             return None, causal
-        return self.attn_mask(causal), False
+        return self.attn_mask(causal, window), False
 
-    def _build_mask(self, causal: bool) -> torch.Tensor | None:
+    def _build_mask(self, causal: bool, window: int | None) -> torch.Tensor | None:
         length = self.seq_len
         mask = None
-        if causal:
-            mask = torch.ones(length, length, dtype=torch.bool, device=self.device).tril()[None, None]
+        if causal or window is not None:
+            i = torch.arange(length, device=self.device)
+            offset = i[None, :] - i[:, None]  # key index - query index, (L, L)
+            mask = torch.ones(length, length, dtype=torch.bool, device=self.device)
+            if causal:
+                mask = offset <= 0
+            if window is not None:
+                mask = mask & (offset.abs() < window)
+            mask = mask[None, None]
         if self.padding_mask is not None:
             keys = self.padding_mask[:, None, None, :]  # (B, 1, 1, L)
             mask = keys if mask is None else mask & keys
-            eye = torch.eye(length, dtype=torch.bool, device=self.device)[None, None]
-            mask = mask | eye
+            mask = mask | torch.eye(length, dtype=torch.bool, device=self.device)[None, None]
         return mask

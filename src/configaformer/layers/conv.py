@@ -1,0 +1,32 @@
+"""Depthwise convolution along the sequence (Primer, So et al. 2021, arXiv 2109.08668).
+
+Each channel is convolved with its own `kernel_size` filter over neighbouring positions. In a
+causal layer the window ends at the current position (left padding only), so no future leaks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SequenceDepthwiseConv(nn.Module):
+    def __init__(self, channels: int, kernel_size: int, causal: bool, bias: bool = True):
+        super().__init__()
+        self.kernel_size, self.causal = kernel_size, causal
+        self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, bias=bias)
+        # Start as the identity (a centred/last tap of one), so adding the conv changes nothing at init.
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[:, 0, kernel_size - 1 if causal else (kernel_size - 1) // 2] = 1.0
+            if self.conv.bias is not None:
+                self.conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:  # (B, L, C)
+        if padding_mask is not None:
+            x = x * padding_mask[..., None].to(x.dtype)
+        k = self.kernel_size
+        pad = (k - 1, 0) if self.causal else ((k - 1) // 2, k // 2)
+        y = self.conv(F.pad(x.transpose(1, 2), pad))  # (B, C, L)
+        return y.transpose(1, 2)
