@@ -70,3 +70,44 @@ def test_no_residual_and_post_norm():
     ctx = model.make_context(3, x.dtype, None)
     torch.testing.assert_close(layer(x, ctx), layer.post_norm(layer.block(x, ctx)))
     assert layer.pre_norm is None
+
+
+REFERENCE_ACTIVATIONS = {
+    "gelu": lambda x: 0.5 * x * (1 + torch.erf(x / 2 ** 0.5)),
+    "relu": lambda x: x.clamp(min=0),
+    "squared_relu": lambda x: x.clamp(min=0) ** 2,  # Primer
+    "silu": lambda x: x * torch.sigmoid(x),
+    "swish": lambda x: x * torch.sigmoid(x),
+    "mish": lambda x: x * torch.tanh(torch.log1p(torch.exp(x))),
+}
+
+
+@pytest.mark.parametrize("activation", sorted(REFERENCE_ACTIVATIONS))
+@pytest.mark.parametrize("num_projections, num_gelu", [(1, 1), (3, 2)])
+def test_activation_applies_to_the_first_num_gelu_projections(activation, num_projections, num_gelu):
+    block, model = ffn_block(num_projections=num_projections, num_gelu=num_gelu, activation=activation)
+    h = torch.randn(2, 5, 32)
+    parts = block.up(h).chunk(num_projections, dim=-1)
+    z = torch.ones_like(parts[0])
+    for i, p in enumerate(parts):
+        z = z * (REFERENCE_ACTIVATIONS[activation](p) if i < num_gelu else p)
+    torch.testing.assert_close(block(h, model.make_context(5, h.dtype, None)), block.out_proj(z))
+
+
+def test_swish_is_an_alias_resolved_to_silu():
+    cfg = configaformer.resolve_config(tiny([dict(FFN, activation="swish"), FFN]))
+    assert [layer.activation for layer in cfg.layers] == ["silu", "gelu"]
+
+
+def test_swiglu_is_silu_of_x_w1_times_x_w2_then_w_out():
+    """SwiGLU (Shazeer 2020, arXiv 2002.05202) = num_projections 2, num_gelu 1, activation silu."""
+    block, model = ffn_block(num_projections=2, num_gelu=1, activation="silu", bias_bool=False)
+    w1, w2 = block.up.weight.chunk(2, dim=0)  # each (hidden, dim)
+    h = torch.randn(3, 4, 32)
+    expected = (F.silu(h @ w1.T) * (h @ w2.T)) @ block.out_proj.weight.T
+    torch.testing.assert_close(block(h, model.make_context(4, h.dtype, None)), expected)
+
+
+def test_unknown_activation_is_a_config_error_listing_the_valid_ones():
+    with pytest.raises(configaformer.ConfigError, match=r"layers\[0\]\.activation: .*'squared_relu'.*'mish'"):
+        configaformer.Transformer(tiny([dict(FFN, activation="softmax")]))

@@ -121,3 +121,49 @@ def test_compiles_with_no_graph_break():
     mask[0, :2] = False
     torch.testing.assert_close(compiled(ids)[0], model(ids)[0])
     torch.testing.assert_close(compiled(ids, padding_mask=mask)[0], model(ids, padding_mask=mask)[0])
+
+
+# ---- absolute position embeddings (abs_pos_emb) ------------------------------------------------
+NO_ROPE = dict(ATTN, dim_rope=0)
+
+
+def test_learned_positions_need_max_seq_len():
+    with pytest.raises(configaformer.ConfigError, match=r"abs_pos_emb: learned positions need max_seq_len"):
+        Transformer(tiny([ATTN], abs_pos_emb="learned"))
+    with pytest.raises(configaformer.ConfigError, match=r"abs_pos_emb: .*'sinusoidal'"):
+        Transformer(tiny([ATTN], abs_pos_emb="rotary"))
+    model = Transformer(tiny([ATTN], abs_pos_emb="learned", max_seq_len=12))
+    assert model.num_parameters() == Transformer(tiny([ATTN])).num_parameters() + 12 * 32
+
+
+def test_sinusoidal_table_is_vaswanis_scaled_by_one_over_sqrt_dim():
+    model = Transformer(tiny([NO_ROPE], abs_pos_emb="sinusoidal"))
+    pos, i = torch.arange(7)[:, None].float(), torch.arange(16)[None].float()
+    angle = pos / 10000 ** (2 * i / 32)
+    expected = torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(-2) / 32 ** 0.5  # (7, 32): sin, cos, sin, ...
+    torch.testing.assert_close(model.abs_pos(torch.arange(7)[None])[0], expected)
+
+
+@pytest.mark.parametrize("kind", ["learned", "sinusoidal"])
+def test_absolute_positions_are_added_after_the_embedding(kind):
+    model = Transformer(tiny([NO_ROPE], abs_pos_emb=kind, max_seq_len=16, input_emb_size=16)).eval()
+    seen = {}
+    model.layers[0].register_forward_hook(lambda m, args, out: seen.update(x=args[0]))
+    ids = torch.full((1, 5), 3)
+    model(ids)
+    expected = model.emb_proj(model.embedding(ids)) + model.abs_pos(torch.arange(5)[None])
+    torch.testing.assert_close(seen["x"], expected)
+    assert not torch.allclose(seen["x"][0, 0], seen["x"][0, 1])  # the same token differs by position
+
+
+@pytest.mark.parametrize("kind", ["learned", "sinusoidal"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_absolute_positions_count_real_tokens_so_padding_changes_nothing(kind, side):
+    model = Transformer(tiny([NO_ROPE, FFN, NO_ROPE], abs_pos_emb=kind, max_seq_len=16, dim_rope=0)).eval()
+    ids = torch.randint(1, VOCAB, (1, 6))
+    pad = torch.zeros(1, 5, dtype=torch.long)
+    padded = torch.cat([pad, ids] if side == "left" else [ids, pad], dim=1)
+    mask = padded != 0
+    (plain,) = model(ids)
+    (with_pad,) = model(padded, padding_mask=mask)
+    torch.testing.assert_close(with_pad[mask].view(1, 6, -1), plain, rtol=1e-5, atol=1e-5)

@@ -25,6 +25,8 @@ class ForwardContext:
     rotary: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # dim_rope -> cos, sin
     context: torch.Tensor | None = None  # (B, S, dim_context) sequence read by cross-attention layers
     context_mask: torch.Tensor | None = None  # (B, S) bool, True = real context token
+    offset: int = 0  # positions already processed and cached (incremental decoding); 0 otherwise
+    cache: Any = None  # a generation.DecodeCache while decoding incrementally, else None
     state: dict[str, torch.Tensor] = field(default_factory=dict)
     _memo: dict[Any, Any] = field(default_factory=dict)
 
@@ -34,40 +36,52 @@ class ForwardContext:
             self._memo[key] = make()
         return self._memo[key]
 
+    @property
+    def key_len(self) -> int:
+        """Keys a query can see: the cached positions plus this call's."""
+        return self.offset + self.seq_len
+
     def relative_positions(self) -> torch.Tensor:
-        """(B|1, L, L) long: key position minus query position (negative = the key is earlier)."""
+        """(B|1, L, offset + L) long: key position minus query position (negative = earlier key)."""
         def make():
-            pos = self.positions if self.positions is not None else torch.arange(self.seq_len, device=self.device)[None]
-            return pos[:, None, :] - pos[:, :, None]
+            if self.positions is not None:
+                return self.positions[:, None, :] - self.positions[:, :, None]
+            keys = torch.arange(self.key_len, device=self.device)
+            return (keys[None, :] - keys[self.offset:, None])[None]
         return self.memo("relative_positions", make)
 
     def attn_mask(self, causal: bool, window: int | None = None) -> torch.Tensor | None:
-        """Boolean mask (B|1, 1, L, L), True where a query may attend a key; None if nothing is
-        masked. `window`: only keys fewer than `window` positions away (sliding-window attention).
+        """Boolean mask (B|1, 1, L, offset + L), True where a query may attend a key; None if
+        nothing is masked. `window`: only keys fewer than `window` positions away (sliding-window
+        attention). The causal mask is aligned bottom-right: query i sits at position offset + i.
         Padded queries may attend themselves so that no row is empty."""
         return self.memo(("mask", causal, window), lambda: self._build_mask(causal, window))
 
     def fused_mask(self, causal: bool, window: int | None = None) -> tuple[torch.Tensor | None, bool]:
         """(attn_mask, is_causal) for scaled_dot_product_attention: the cheap is_causal flag when
-        the only masking needed is causal, else the explicit mask."""
+        the only masking needed is causal and queries and keys start together, else the explicit
+        mask. (SDPA aligns is_causal top-left, which is wrong once keys are cached; a single new
+        query needs no causal mask at all.)"""
         if self.padding_mask is None and window is None:
-            return None, causal
+            if self.offset == 0:
+                return None, causal
+            if self.seq_len == 1 or not causal:
+                return None, False
         return self.attn_mask(causal, window), False
 
     def _build_mask(self, causal: bool, window: int | None) -> torch.Tensor | None:
-        length = self.seq_len
         mask = None
         if causal or window is not None:
-            i = torch.arange(length, device=self.device)
-            offset = i[None, :] - i[:, None]  # key index - query index, (L, L)
-            mask = torch.ones(length, length, dtype=torch.bool, device=self.device)
+            keys = torch.arange(self.key_len, device=self.device)
+            distance = keys[None, :] - keys[self.offset:, None]  # key - query position, (L, offset + L)
+            mask = torch.ones_like(distance, dtype=torch.bool)
             if causal:
-                mask = offset <= 0
+                mask = distance <= 0
             if window is not None:
-                mask = mask & (offset.abs() < window)
+                mask = mask & (distance.abs() < window)
             mask = mask[None, None]
         if self.padding_mask is not None:
             keys = self.padding_mask[:, None, None, :]  # (B, 1, 1, L)
             mask = keys if mask is None else mask & keys
-            mask = mask | torch.eye(length, dtype=torch.bool, device=self.device)[None, None]
+            mask = mask | torch.eye(self.seq_len, dtype=torch.bool, device=self.device)[None, None]
         return mask

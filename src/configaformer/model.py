@@ -1,6 +1,7 @@
 """The model: token embedding -> layers (each built from its layer dict) -> classifier heads.
 
-    ids (B, L) -> embedding (B, L, input_emb_size) -> [projection] -> dropout -> (B, L, dim_model)
+    ids (B, L) -> embedding (B, L, input_emb_size) -> [projection] -> [+ absolute positions]
+        -> dropout -> (B, L, dim_model)
         -> layers[0] ... layers[n-1]  each forward(x, ctx) -> (B, L, dim_model)
         -> final norm -> one head per classifier -> tuple of logits (B, L, classes)
 """
@@ -22,8 +23,10 @@ from .blocks.base import Layer
 from .config import ModelConfig, plan_wiring, resolve_config
 from .config.resolve import ConfigLike
 from .context import ForwardContext
+from .layers.abs_position import make_abs_positions
 from .layers.heads import make_head
-from .layers.norms import make_norm
+from .layers.norms import NORM_MODULES, make_norm
+from .layers.residual import ResidualScale
 from .positional.rotary import RotaryTable
 from .registry import get_block
 
@@ -46,15 +49,21 @@ class Transformer(nn.Module):
 
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.emb_size)
         self.emb_proj = nn.Linear(cfg.emb_size, cfg.dim_model, bias=False) if cfg.emb_size != cfg.dim_model else None
+        self.abs_pos = make_abs_positions(cfg.abs_pos_emb, cfg.dim_model, cfg.max_seq_len)
         self.emb_dropout = nn.Dropout(cfg.emb_dropout) if cfg.emb_dropout > 0 else None
         rope_dims = sorted({d for d in (layer.rotary_dim() for layer in cfg.layers) if d})
         self.rotary = nn.ModuleDict({
             str(d): RotaryTable(d, cfg.rope_base, initial_len=cfg.max_seq_len or 256) for d in rope_dims
         })
-        self.layers = nn.ModuleList(
-            Layer(get_block(layer.type).block_cls(layer, cfg, plan), layer, cfg)
-            for layer, plan in zip(cfg.layers, plans)
-        )
+        # A layer with share_weights_with (resolved to the owner) reuses the owner's whole Layer
+        # module: the ModuleList holds the same module twice, its parameters exist once.
+        layers: list[Layer] = []
+        for layer, plan in zip(cfg.layers, plans):
+            if layer.share_weights_with is not None:
+                layers.append(layers[layer.share_weights_with])
+            else:
+                layers.append(Layer(get_block(layer.type).block_cls(layer, cfg, plan), layer, cfg))
+        self.layers = nn.ModuleList(layers)
         self.final_norm = make_norm(cfg.norm_type, cfg.dim_model, cfg.norm_eps) if cfg.final_norm_bool else None
         self.heads = nn.ModuleList(make_head(head, cfg, self.embedding) for head in cfg.classifiers)
         self.head_names = [head.name for head in cfg.classifiers]
@@ -64,20 +73,20 @@ class Transformer(nn.Module):
     def reset_parameters(self) -> None:
         """Normal(0, init_std) for linear and embedding weights, zero biases, unit norms; by default
         each layer's output projection gets std init_std / sqrt(num_layers), as in GPT-2 (whose
-        1/sqrt(2 * n_blocks) counts the same thing: residual additions; here each layer is one)."""
+        1/sqrt(2 * n_blocks) counts the same thing: residual additions; here each layer is one).
+        Residual scales go back to their init (ReZero 0, LayerScale `layerscale_init`)."""
         std = self.config.init_std
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, 0.0, std)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+            elif isinstance(module, (*NORM_MODULES, ResidualScale)):
                 module.reset_parameters()
         if self.config.init_scale_residual_bool:
             residual_std = std / math.sqrt(len(self.layers))
             for layer in self.layers:
-                out_proj = getattr(layer.block, "out_proj", None)
-                if out_proj is not None:
+                for out_proj in layer.block.residual_projections():
                     nn.init.normal_(out_proj.weight, 0.0, residual_std)
 
     # ---- forward -------------------------------------------------------------------------------
@@ -94,9 +103,15 @@ class Transformer(nn.Module):
         x = self.embedding(token_ids)  # (B, L, input_emb_size)
         if self.emb_proj is not None:
             x = self.emb_proj(x)  # (B, L, dim_model)
+        length = token_ids.shape[1]
+        ctx = self.make_context(length, x.dtype, padding_mask)
+        if self.abs_pos is not None:  # the context's positions: real tokens only, after any cached ones
+            positions = ctx.positions
+            if positions is None:
+                positions = torch.arange(ctx.offset, ctx.offset + length, device=x.device)[None]  # (1, L)
+            x = x + self.abs_pos(positions).to(x.dtype)  # (B|1, L, dim_model)
         if self.emb_dropout is not None:
             x = self.emb_dropout(x)
-        ctx = self.make_context(token_ids.shape[1], x.dtype, padding_mask)
         for layer in self.layers:
             x = layer(x, ctx)
         return x if self.final_norm is None else self.final_norm(x)

@@ -256,17 +256,17 @@ class Attention(Block):
         if self.lazy:
             v = self.v_proj(h)  # (B, L, dim_kv)
             if self.conv is not None:
-                v = self.conv(v, ctx.padding_mask)
+                v = self.conv(v, ctx.padding_mask, self._state(ctx))
             v = self._heads(v, self.num_kv_heads)  # (B, G, L, Dh)
             if self.rotate_v:
                 v = apply_rotary(v, *rotary)
-            v = self._with_memory(v, "memory_v")
+            v = self._keys(v, "memory_v", ctx)
             probs = ctx.state["attn_map"]  # (B, H, L, M + L), masked and normalised by its producer
             out = self._dropout(probs) @ self._expand_kv(v)
         else:
             qkv = self.qkv(h)  # (B, L, dim_attn + 2 * dim_kv)
             if self.conv is not None:
-                qkv = self.conv(qkv, ctx.padding_mask)
+                qkv = self.conv(qkv, ctx.padding_mask, self._state(ctx))
             q, k, v = qkv.split([self.dim_attn, self.dim_kv, self.dim_kv], dim=-1)
             q, k, v = self._heads(q, self.num_heads), self._heads(k, self.num_kv_heads), self._heads(v, self.num_kv_heads)
             if self.q_norm is not None:
@@ -275,7 +275,7 @@ class Attention(Block):
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
             if self.rotate_v:
                 v = apply_rotary(v, *rotary)
-            k, v = self._with_memory(k, "memory_k"), self._with_memory(v, "memory_v")
+            k, v = self._keys(k, "memory_k", ctx), self._keys(v, "memory_v", ctx)  # (B, G, M + offset + L, Dh)
             bias = self._position_bias(ctx, h.dtype)
             prev = ctx.state.get("attn_scores") if self.residual else None
             if prev is not None:
@@ -297,11 +297,25 @@ class Attention(Block):
         groups = self.num_heads // self.num_kv_heads
         return t if groups == 1 else t.repeat_interleave(groups, dim=1)
 
-    def _with_memory(self, t: torch.Tensor, name: str) -> torch.Tensor:  # prepend M learned slots
-        if not self.num_memory:
-            return t
-        memory = getattr(self, name).to(t.dtype).expand(t.shape[0], -1, -1, -1)
-        return torch.cat([memory, t], dim=2)
+    def _state(self, ctx: ForwardContext) -> dict | None:
+        return None if ctx.cache is None else ctx.cache.layer(self.plan.index)
+
+    def _keys(self, t: torch.Tensor, memory_name: str, ctx: ForwardContext) -> torch.Tensor:
+        """The keys (or values) every query sees: M learned memory slots, then any cached
+        positions, then this call's (B, G, L, Dh). While decoding, they are written in place into
+        a buffer preallocated for the whole generation."""
+        memory = getattr(self, memory_name).to(t.dtype).expand(t.shape[0], -1, -1, -1) if self.num_memory else None
+        if ctx.cache is None:
+            return t if memory is None else torch.cat([memory, t], dim=2)
+        state, name = ctx.cache.layer(self.plan.index), memory_name[-1]  # "k" or "v"
+        if name not in state:
+            B, G, _, Dh = t.shape
+            state[name] = t.new_zeros(B, G, self.num_memory + ctx.cache.max_len, Dh)
+            if memory is not None:
+                state[name][:, :, : self.num_memory] = memory
+        start = self.num_memory + ctx.offset
+        state[name][:, :, start: start + t.shape[2]] = t
+        return state[name][:, :, : start + t.shape[2]]
 
     def _position_bias(self, ctx: ForwardContext, dtype: torch.dtype) -> torch.Tensor | None:
         """Additive (B|1, H, L, M + L) bias from ALiBi and/or the T5 relative bias (zero for the

@@ -7,7 +7,12 @@ A block is the layer's main operation: `forward(h, ctx) -> y`, both (B, L, dim_m
     y = block(h, ctx)
     y = y * act(W_gate(x or h))           # output_gate
     y = post_norm(y)                      # post_norm_bool
-    out = x + dropout(y)                  # add_residual, dropout
+    y = y * scale                         # residual_scale: rezero (scalar) or layerscale (per feature)
+    y = drop_path(dropout(y))             # dropout; layer_drop (per sample, training only)
+    out = x + y                           # add_residual
+
+A layer with `share_weights_with` is not built: the model reuses the owner's `Layer` module
+(everything above), so its parameters exist once.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from ..config import LayerConfig, LayerPlan, ModelConfig
 from ..context import ForwardContext
 from ..layers.gate import OutputGate
 from ..layers.norms import make_norm
+from ..layers.residual import drop_path, make_residual_scale
 from ..layers.token_shift import make_token_shift
 
 
@@ -36,6 +42,12 @@ class Block(nn.Module):
     def forward(self, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def residual_projections(self) -> list[nn.Linear]:
+        """The linear layers that write to the residual stream (the model scales their init with
+        depth): `out_proj` where the block has one. Composite blocks list their parts'."""
+        out_proj = getattr(self, "out_proj", None)
+        return [out_proj] if isinstance(out_proj, nn.Linear) else []
+
 
 class Layer(nn.Module):
     def __init__(self, block: Block, cfg: LayerConfig, model: ModelConfig):
@@ -45,9 +57,11 @@ class Layer(nn.Module):
         self.token_shift = make_token_shift(cfg.token_shift_config)
         self.block = block
         gate = cfg.output_gate
-        self.gate = OutputGate(dim, dim, gate.activation, gate.source) if gate else None
+        self.gate = OutputGate(dim, dim, gate.activation, gate.source, bias=cfg.gate_bias()) if gate else None
         self.post_norm = make_norm(cfg.norm_type, dim, eps) if cfg.post_norm_bool else None
+        self.residual_scale = make_residual_scale(cfg.residual_scale, dim, cfg.layerscale_init)
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else None
+        self.layer_drop = cfg.layer_drop
         self.add_residual = cfg.add_residual
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
@@ -61,6 +75,10 @@ class Layer(nn.Module):
             y = self.gate(y, x, h)
         if self.post_norm is not None:
             y = self.post_norm(y)
+        if self.residual_scale is not None:
+            y = self.residual_scale(y)
         if self.dropout is not None:
             y = self.dropout(y)
+        if self.layer_drop > 0 and self.training:  # a constant and a module flag: no data-dependent branch
+            y = drop_path(y, self.layer_drop)
         return x + y if self.add_residual else y

@@ -1,15 +1,20 @@
 """Position-wise feed-forward network with the GLU family and an RWKV-style output gate.
 
 Papers:
-- Vaswani et al. 2017, arXiv 1706.03762 (up-project, GELU, down-project).
+- Vaswani et al. 2017, arXiv 1706.03762 (up-project, activation, down-project).
 - GLU variants: Shazeer 2020, "GLU Variants Improve Transformer", arXiv 2002.05202.
   `num_projections` parallel up-projections are multiplied element-wise, the first `num_gelu`
-  of them through GELU: 2 with 1 GELU = GEGLU, 2 with 0 = bilinear. 0 or 1 projection = plain.
+  of them through `activation` (the key keeps its original name; it counts *activated*
+  projections, whatever the activation): 2 with 1 = GEGLU (gelu) or SwiGLU (silu), 2 with 0 =
+  bilinear. 0 or 1 projection = plain MLP.
+- `activation`: gelu (Hendrycks & Gimpel, arXiv 1606.08415), relu, squared_relu (Primer, So et
+  al. 2021, arXiv 2109.08668), silu / swish (alias; Ramachandran et al., arXiv 1710.05941), mish
+  (Misra 2019, arXiv 1908.08681).
 - Token shift on the hidden features (`inner_token_shift_config`) and the sigmoid output gate
   (`output_sigmoid_gate_bool`, RWKV's channel-mix receptance): Peng et al. 2023, arXiv 2305.13048.
 
 Shapes: (B, L, dim_model) -> (B, L, hidden) per projection -> (B, L, dim_model),
-hidden = round(ff_mult * dim_model).
+hidden = round(ff_mult * dim_model). `bias_bool` switches the bias of every linear layer here.
 """
 
 from __future__ import annotations
@@ -17,13 +22,13 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, PositiveFloat
 from torch import nn
 
 from ..config import LayerConfig, LayerPlan, ModelConfig, TokenShiftChunk
 from ..config.layer import check_token_shift
 from ..context import ForwardContext
+from ..layers.activations import get_activation
 from ..layers.gate import OutputGate
 from ..layers.token_shift import make_token_shift
 from ..registry import register_block
@@ -34,13 +39,15 @@ class FFNConfig(LayerConfig):
     type: Literal["FFN"] = "FFN"
     ff_mult: PositiveFloat = 4.0
     num_projections: int = Field(1, ge=0, le=4)
-    num_gelu: Optional[NonNegativeInt] = None  # None: 1
+    num_gelu: Optional[NonNegativeInt] = None  # None: 1; counts projections through `activation`
+    activation: Literal["gelu", "relu", "squared_relu", "silu", "swish", "mish"] = "gelu"
     inner_token_shift_config: Optional[list[TokenShiftChunk]] = None
     output_sigmoid_gate_bool: bool = False
     bias_bool: bool = True
 
     def resolve(self, model: ModelConfig) -> FFNConfig:
-        resolved = self.model_copy(update={"num_gelu": 1 if self.num_gelu is None else self.num_gelu})
+        resolved = self.model_copy(update={"num_gelu": 1 if self.num_gelu is None else self.num_gelu,
+                                           "activation": "silu" if self.activation == "swish" else self.activation})
         return LayerConfig.resolve(resolved, model)
 
     def dim_hidden(self, model: ModelConfig) -> int:
@@ -64,7 +71,7 @@ class FFNConfig(LayerConfig):
     def summary(self) -> str:
         n = max(self.num_projections, 1)
         kind = {1: "mlp"}.get(n, f"glu{n}")
-        parts = [f"ff_mult={self.ff_mult:g}", f"{kind}(gelu={self.num_gelu})"]
+        parts = [f"ff_mult={self.ff_mult:g}", f"{kind}({self.activation}={self.num_gelu})"]
         if self.inner_token_shift_config:
             parts.append("inner_shift=" + "/".join(str(c.shift) for c in self.inner_token_shift_config))
         if self.output_sigmoid_gate_bool:
@@ -79,7 +86,8 @@ class FFN(Block):
         super().__init__(cfg, model, plan)
         hidden = cfg.dim_hidden(model)
         self.num_projections = max(cfg.num_projections, 1)
-        self.num_gelu = cfg.num_gelu
+        self.num_gelu = cfg.num_gelu  # how many projections (the first ones) go through the activation
+        self.act = get_activation(cfg.activation)
         # All up-projections in one matmul; chunked in forward.
         self.up = nn.Linear(model.dim_model, hidden * self.num_projections, bias=cfg.bias_bool)
         self.inner_shift = make_token_shift(cfg.inner_token_shift_config)
@@ -90,12 +98,12 @@ class FFN(Block):
     def forward(self, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         u = self.up(h)  # (B, L, hidden * num_projections)
         if self.num_projections == 1:
-            z = F.gelu(u) if self.num_gelu else u
+            z = self.act(u) if self.num_gelu else u
         else:
             parts = u.chunk(self.num_projections, dim=-1)  # each (B, L, hidden)
-            z = F.gelu(parts[0]) if self.num_gelu > 0 else parts[0]
+            z = self.act(parts[0]) if self.num_gelu > 0 else parts[0]
             for i in range(1, self.num_projections):
-                z = z * (F.gelu(parts[i]) if i < self.num_gelu else parts[i])
+                z = z * (self.act(parts[i]) if i < self.num_gelu else parts[i])
         if self.inner_shift is not None:
             if ctx.padding_mask is not None:
                 z = z * ctx.padding_mask[..., None].to(z.dtype)

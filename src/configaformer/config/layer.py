@@ -4,18 +4,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal, Optional
 
-from pydantic import Field, NonNegativeFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from .base import StrictModel
 
 if TYPE_CHECKING:  # pragma: no cover
     from .model import ModelConfig
 
-NormType = Literal["layernorm", "rmsnorm", "none"]
+NormType = Literal["layernorm", "rmsnorm", "scalenorm", "none"]
 GateActivation = Literal["none", "sigmoid", "gelu", "silu", "relu", "tanh"]
+ResidualScale = Literal["none", "rezero", "layerscale"]
 
-# Parameters of one norm, per feature (used by the parameter-count formulas).
-NORM_PARAMS_PER_FEATURE = {"layernorm": 2, "rmsnorm": 1, "none": 0}
+LAYERSCALE_INIT = 1e-4  # default `layerscale_init` (see README: between CaiT's 0.1 and 1e-6)
+
+
+def norm_params(norm_type: str, dim: int) -> int:
+    """Parameters of one norm of width `dim` (for the parameter-count formulas): LayerNorm has a
+    weight and a bias per feature, RMSNorm a weight per feature, ScaleNorm one scalar."""
+    return {"layernorm": 2 * dim, "rmsnorm": dim, "scalenorm": 1, "none": 0}[norm_type]
+
 
 # Checks return (key path relative to the layer, message) pairs; the resolver adds `layers[i]`.
 Issues = list[tuple[str, str]]
@@ -61,11 +68,18 @@ class LayerConfig(StrictModel):
     output_gate: Optional[OutputGateConfig] = None
     add_residual: bool = True
     dropout: NonNegativeFloat = Field(0.0, lt=1.0)
+    residual_scale: ResidualScale = "none"
+    layerscale_init: Optional[PositiveFloat] = None  # None: LAYERSCALE_INIT when residual_scale is layerscale
+    layer_drop: NonNegativeFloat = Field(0.0, lt=1.0)
+    share_weights_with: Optional[NonNegativeInt] = None  # index of an earlier layer whose module this one runs
 
     # ---- the contract every block schema fulfils -------------------------------------------
     def resolve(self, model: ModelConfig) -> LayerConfig:
         """A copy with every default that depends on the model filled in."""
-        return self.model_copy(update={"norm_type": self.norm_type or model.norm_type})
+        update = {"norm_type": self.norm_type or model.norm_type}
+        if self.residual_scale == "layerscale" and self.layerscale_init is None:
+            update["layerscale_init"] = LAYERSCALE_INIT
+        return self.model_copy(update=update)
 
     def declared_causal(self) -> Optional[bool]:
         """True/False if this layer type mixes tokens with an explicit causal flag, else None."""
@@ -75,16 +89,33 @@ class LayerConfig(StrictModel):
         """Checks of this layer against the model-wide settings (run after resolve)."""
         causal = self.declared_causal()
         causal = model.is_causal if causal is None else causal
-        return check_token_shift(self.token_shift_config, model.dim_model, causal,
-                                 "token_shift_config", "dim_model")
+        issues = check_token_shift(self.token_shift_config, model.dim_model, causal,
+                                   "token_shift_config", "dim_model")
+        if self.layerscale_init is not None and self.residual_scale != "layerscale":
+            issues.append(("layerscale_init", f"only applies with residual_scale: layerscale "
+                                              f"(this layer has residual_scale: {self.residual_scale})"))
+        if not self.add_residual:
+            if self.residual_scale != "none":
+                issues.append(("residual_scale", f"{self.residual_scale} scales the branch before the residual "
+                                                 "add, but add_residual is false; use residual_scale: none"))
+            if self.layer_drop > 0:
+                issues.append(("layer_drop", "a dropped layer passes its input on through the residual add, "
+                                             "but add_residual is false; use layer_drop: 0"))
+        return issues
 
     def count_params(self, model: ModelConfig) -> int:
         """Parameters of the whole layer by formula (without building it): the shared parts
-        (norms, output gate) plus `block_params`."""
+        (norms, output gate, residual scale) plus `block_params`. A layer that shares an earlier
+        layer's weights reports the same count (its module holds them); the model counts them once."""
         dim = model.dim_model
-        norms = (int(self.pre_norm_bool) + int(self.post_norm_bool)) * NORM_PARAMS_PER_FEATURE[self.norm_type] * dim
-        gate = dim * dim + dim if self.output_gate else 0
-        return norms + gate + self.block_params(model)
+        norms = (int(self.pre_norm_bool) + int(self.post_norm_bool)) * norm_params(self.norm_type, dim)
+        gate = dim * dim + int(self.gate_bias()) * dim if self.output_gate else 0
+        scale = {"none": 0, "rezero": 1, "layerscale": dim}[self.residual_scale]
+        return norms + gate + scale + self.block_params(model)
+
+    def gate_bias(self) -> bool:
+        """Whether the layer's output gate has a bias: the block's `bias_bool` where it has one."""
+        return bool(getattr(self, "bias_bool", True))
 
     def block_params(self, model: ModelConfig) -> int:
         """Parameters of the block's own operation, by formula."""
@@ -107,8 +138,14 @@ class LayerConfig(StrictModel):
         return "type"
 
     def check_source(self, name: str, source: LayerConfig) -> Issues:
-        """Checks that the producer of `name` suits this layer (e.g. equal head counts)."""
+        """Checks that the producer of `name` suits this layer (e.g. equal head counts).
+        `source` is the producer's `source_config(name)`."""
         return []
+
+    def source_config(self, name: str) -> LayerConfig:
+        """The config that produces `name`, handed to consumers' `check_source`: this layer
+        itself, or the producing part of a composite layer (Parallel: its attention)."""
+        return self
 
     def summary(self) -> str:
         """A few words on the settings that matter, for `configaformer info`."""
@@ -123,4 +160,10 @@ class LayerConfig(StrictModel):
             parts.append("no_pre_norm")
         if not self.add_residual:
             parts.append("no_residual")
+        if self.residual_scale != "none":
+            parts.append(self.residual_scale)
+        if self.layer_drop:
+            parts.append(f"layer_drop={self.layer_drop:g}")
+        if self.share_weights_with is not None:
+            parts.append(f"shares=layers[{self.share_weights_with}]")
         return " ".join(parts)

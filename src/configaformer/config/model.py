@@ -38,6 +38,7 @@ class ModelConfig(StrictModel):
     init_std: PositiveFloat = 0.02
     init_scale_residual_bool: bool = True
     attention_impl: Literal["auto", "explicit"] = "auto"
+    abs_pos_emb: Literal["none", "learned", "sinusoidal"] = "none"  # learned needs max_seq_len
 
     @field_validator("classifiers", mode="before")
     @classmethod

@@ -79,7 +79,7 @@ def resolve_config(config: ConfigLike) -> ModelConfig:
             problems += found
 
     if model is not None:
-        problems += _check_classifiers(model)
+        problems += _check_classifiers(model) + _check_positions(model)
 
     if model is None or not layers:
         raise ConfigError(problems)
@@ -90,7 +90,9 @@ def resolve_config(config: ConfigLike) -> ModelConfig:
     for (i, _), layer in zip(valid, model.layers):
         problems += [Problem(f"layers[{i}].{key}", msg) for key, msg in layer.check(model)]
     if len(valid) == len(layers):
-        problems += plan_wiring(model.layers)[1]
+        shared, found = resolve_sharing(model.layers)
+        model = model.model_copy(update={"layers": shared})
+        problems += found + plan_wiring(model.layers)[1]
     if problems:
         raise ConfigError(problems)
     return model
@@ -132,6 +134,49 @@ def _check_classifiers(model: ModelConfig) -> list[Problem]:
     return problems
 
 
+def _check_positions(model: ModelConfig) -> list[Problem]:
+    if model.abs_pos_emb == "learned" and model.max_seq_len is None:
+        return [Problem("abs_pos_emb", "learned positions need max_seq_len (the size of their table); "
+                                       "set max_seq_len, or use abs_pos_emb: sinusoidal or none")]
+    return []
+
+
+def resolve_sharing(layers: list[LayerConfig]) -> tuple[list[LayerConfig], list[Problem]]:
+    """Check every `share_weights_with` and point it at the layer that owns the weights, so a
+    chain (2 shares 1, 1 shares 0) resolves to the original (2 shares 0).
+
+    A layer may share only an earlier layer of the same type whose settings are identical apart
+    from `share_weights_with`: it runs that layer's whole module (norms, gate, residual scale
+    and block), so the settings could not differ anyway.
+    """
+    problems: list[Problem] = []
+    resolved = list(layers)
+    for i, layer in enumerate(layers):
+        j = layer.share_weights_with
+        if j is None:
+            continue
+        path = f"layers[{i}].share_weights_with"
+        if j >= i:
+            valid = f"the index of an earlier layer, 0..{i - 1}" if i else "none: layers[0] has no earlier layer"
+            problems.append(Problem(path, f"{j} is not an earlier layer; valid: {valid}"))
+            continue
+        other = layers[j]
+        if other.type != layer.type:
+            problems.append(Problem(path, f"layers[{j}] is a {other.type} layer, this one a {layer.type} layer; "
+                                          f"a layer can only share the weights of a layer of the same type"))
+            continue
+        mine, theirs = (cfg.model_dump(mode="json", exclude={"share_weights_with"}) for cfg in (layer, other))
+        differ = [f"{key}: {mine.get(key)!r} here, {theirs.get(key)!r} there"
+                  for key in sorted(set(mine) | set(theirs)) if mine.get(key) != theirs.get(key)]
+        if differ:
+            problems.append(Problem(path, f"layers[{j}] has different settings ({'; '.join(differ)}); a layer that "
+                                          f"shares weights must repeat every other key of the layer it shares"))
+            continue
+        root = resolved[j].share_weights_with
+        resolved[i] = layer.model_copy(update={"share_weights_with": j if root is None else root})
+    return resolved, problems
+
+
 def _resolve_defaults(model: ModelConfig, layers: list[LayerConfig]) -> ModelConfig:
     heads, taken = [], {h.name for h in model.classifiers if h.name}
     for i, head in enumerate(model.classifiers):
@@ -148,7 +193,9 @@ def plan_wiring(layers: list[LayerConfig]) -> tuple[list[LayerPlan], list[Proble
     """Link each consumer of a cross-layer tensor to the most recent earlier producer.
 
     Producers that some later layer reads are marked to keep (materialise) that tensor; all
-    other layers are free to use fused kernels that never form it.
+    other layers are free to use fused kernels that never form it. Layers that share one module
+    (`share_weights_with`, already resolved to the owner) all get the union of their keeps, as
+    the module runs with one plan at every use.
     """
     problems: list[Problem] = []
     latest: dict[str, int] = {}
@@ -163,11 +210,19 @@ def plan_wiring(layers: list[LayerConfig]) -> tuple[list[LayerPlan], list[Proble
                                             f"needs an earlier layer that computes {name!r} to reuse; "
                                             f"none of layers[0..{i - 1}] does"))
                 continue
-            for key, msg in layer.check_source(name, layers[src]):
+            for key, msg in layer.check_source(name, layers[src].source_config(name)):
                 problems.append(Problem(f"layers[{i}].{key}", msg + f" (reused from layers[{src}])"))
             keep.setdefault(src, set()).add(name)
             sources.setdefault(i, {})[name] = src
         for name in layer.produces():
             latest[name] = i
+    for i, layer in enumerate(layers):
+        owner = layer.share_weights_with
+        if owner is not None and owner < i:
+            keep.setdefault(owner, set()).update(keep.get(i, ()))
+    for i, layer in enumerate(layers):
+        owner = layer.share_weights_with
+        if owner is not None and owner < i:
+            keep[i] = set(keep.get(owner, ()))
     plans = [LayerPlan(i, frozenset(keep.get(i, ())), sources.get(i, {})) for i in range(len(layers))]
     return plans, problems

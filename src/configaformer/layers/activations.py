@@ -1,16 +1,29 @@
-"""Element-wise activations selectable by name."""
+"""Element-wise activations selectable by name (output gates, FFN `activation`)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def squared_relu(x: torch.Tensor) -> torch.Tensor:
+    """relu(x)^2, Primer (So et al. 2021, arXiv 2109.08668)."""
+    return torch.square(F.relu(x))
+
+
 ACTIVATIONS = {
-    "none": lambda x: x,
+    "none": identity,
     "gelu": F.gelu,
     "sigmoid": torch.sigmoid,
-    "silu": F.silu,
+    "silu": F.silu,  # = swish with beta 1 (Ramachandran et al. 2017, arXiv 1710.05941)
+    "swish": F.silu,
     "relu": F.relu,
+    "squared_relu": squared_relu,
+    "mish": F.mish,  # Misra 2019, arXiv 1908.08681
     "tanh": torch.tanh,
 }
 

@@ -23,10 +23,19 @@ class SequenceDepthwiseConv(nn.Module):
             if self.conv.bias is not None:
                 self.conv.bias.zero_()
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:  # (B, L, C)
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None, state: dict | None = None) -> torch.Tensor:
+        """x (B, L, C) -> (B, L, C). With a decoding `state`, the last kernel_size - 1 inputs of
+        earlier calls stand in for the zero padding, so chunked calls equal one full call."""
         if padding_mask is not None:
             x = x * padding_mask[..., None].to(x.dtype)
         k = self.kernel_size
+        if state is not None and self.causal and k > 1:
+            history = state.get("conv")
+            if history is None:
+                history = x.new_zeros(x.shape[0], k - 1, x.shape[2])
+            x = torch.cat([history, x], dim=1)  # (B, k - 1 + L, C)
+            state["conv"] = x[:, -(k - 1):]
+            return self.conv(x.transpose(1, 2)).transpose(1, 2)
         pad = (k - 1, 0) if self.causal else ((k - 1) // 2, k // 2)
         y = self.conv(F.pad(x.transpose(1, 2), pad))  # (B, C, L)
         return y.transpose(1, 2)

@@ -1,14 +1,51 @@
-"""Normalisation layers selectable by name (`norm_type`)."""
+"""Normalisation layers selectable by name (`norm_type`).
+
+- layernorm: Ba et al. 2016, arXiv 1607.06450 (weight and bias per feature).
+- rmsnorm: Zhang & Sennrich 2019, arXiv 1910.07467 (weight per feature, no centring).
+- scalenorm: Nguyen & Salazar 2019, arXiv 1910.05895: x * g / ||x||, one learned scalar g
+  initialised to sqrt(dim), so a unit-variance input keeps its scale at init.
+- none: identity.
+
+The parameter counts are `config.layer.norm_params`.
+"""
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
+
+
+class ScaleNorm(nn.Module):
+    """x * g / max(||x||_2, eps) over the last dimension; g is one learned scalar."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.g = nn.Parameter(torch.empty(()))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.g, math.sqrt(self.dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim) -> (..., dim)
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=self.eps)
+        return x * (self.g / norm)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, eps={self.eps}"
+
 
 NORMS = {
     "layernorm": lambda dim, eps: nn.LayerNorm(dim, eps=eps),
-    "rmsnorm": lambda dim, eps: nn.RMSNorm(dim, eps=eps),  # Zhang & Sennrich 2019, arXiv 1910.07467
+    "rmsnorm": lambda dim, eps: nn.RMSNorm(dim, eps=eps),
+    "scalenorm": lambda dim, eps: ScaleNorm(dim, eps=eps),
     "none": lambda dim, eps: nn.Identity(),
 }
+
+# The norm modules whose parameters the model re-initialises (`Transformer.reset_parameters`).
+NORM_MODULES = (nn.LayerNorm, nn.RMSNorm, ScaleNorm)
 
 
 def make_norm(norm_type: str, dim: int, eps: float) -> nn.Module:

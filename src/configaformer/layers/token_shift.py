@@ -18,7 +18,11 @@ class TokenShift(nn.Module):
         self.features = list(features)
         self.shifts = list(shifts)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, L, D)
+    def forward(self, x: torch.Tensor, state: dict | None = None) -> torch.Tensor:  # (B, L, D) -> (B, L, D)
+        """With a decoding `state`, the last inputs of earlier calls are shifted in instead of
+        zeros, so feeding a sequence in chunks equals feeding it whole (causal shifts only)."""
+        if state is not None:
+            return self._forward_cached(x, state)
         length = x.shape[1]
         chunks = x.split(self.features, dim=-1)
         out = []
@@ -32,6 +36,16 @@ class TokenShift(nn.Module):
             else:  # position t receives position t + |s|
                 out.append(F.pad(chunk[:, -s:], (0, 0, 0, -s)))
         return torch.cat(out, dim=-1)
+
+    def _forward_cached(self, x: torch.Tensor, state: dict) -> torch.Tensor:
+        depth, length = max(self.shifts), x.shape[1]
+        history = state.get("shift")
+        if history is None:
+            history = x.new_zeros(x.shape[0], depth, x.shape[2])
+        full = torch.cat([history, x], dim=1)  # (B, depth + L, D)
+        state["shift"] = full[:, -depth:]
+        chunks = full.split(self.features, dim=-1)
+        return torch.cat([c[:, depth - s: depth - s + length] for c, s in zip(chunks, self.shifts)], dim=-1)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{f}->{s:+d}" for f, s in zip(self.features, self.shifts))
