@@ -17,7 +17,8 @@ from .conftest import VOCAB, tiny
 def test_every_block_conforms(name, variant):
     layers = [{"type": name, **variant}, {"type": name}]
     model = configaformer.Transformer(tiny(layers, max_seq_len=16))  # some blocks (gMLP) need a length
-    out = model(torch.randint(0, VOCAB, (2, 6)))[0]
+    context = torch.randn(2, 5, 32)  # read only by CrossAttention layers
+    out = model(torch.randint(0, VOCAB, (2, 6)), context=context)[0]
     out.sum().backward()
     trainable = [p for p in model.layers.parameters()]
     assert all(p.grad is not None for p in trainable)

@@ -5,11 +5,12 @@
 """
 
 from .config import ModelConfig, load_config, resolve_config
+from .encoder_decoder import EncoderDecoder
 from .errors import ConfigError, Problem
 from .model import Transformer
 from .registry import get_block, list_blocks, register_block
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "ModelConfig", "Problem", "Transformer", "get_block", "list_blocks",
+__all__ = ["ConfigError", "EncoderDecoder", "ModelConfig", "Problem", "Transformer", "get_block", "list_blocks",
            "load_config", "register_block", "resolve_config"]

@@ -27,8 +27,13 @@ class ForwardContext:
     context_mask: torch.Tensor | None = None  # (B, S) bool, True = real context token
     offset: int = 0  # positions already processed and cached (incremental decoding); 0 otherwise
     cache: Any = None  # a generation.DecodeCache while decoding incrementally, else None
+    layer_index: int = 0  # position of the layer running now (set by the model; keys decoding state)
     state: dict[str, torch.Tensor] = field(default_factory=dict)
     _memo: dict[Any, Any] = field(default_factory=dict)
+
+    def decode_state(self) -> dict | None:
+        """The decoding state of the layer running now (None unless decoding with a cache)."""
+        return None if self.cache is None else self.cache.layer(self.layer_index)
 
     def memo(self, key: Any, make: Callable[[], Any]) -> Any:
         """`make()` once per forward for each key; later calls with the same key reuse it."""

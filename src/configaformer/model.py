@@ -23,6 +23,7 @@ from .blocks.base import Layer
 from .config import ModelConfig, plan_wiring, resolve_config
 from .config.resolve import ConfigLike
 from .context import ForwardContext
+from .generation import DecodeCache, generate
 from .layers.abs_position import make_abs_positions
 from .layers.heads import make_head
 from .layers.norms import NORM_MODULES, make_norm
@@ -90,21 +91,29 @@ class Transformer(nn.Module):
                     nn.init.normal_(out_proj.weight, 0.0, residual_std)
 
     # ---- forward -------------------------------------------------------------------------------
-    def forward(self, token_ids: torch.Tensor, padding_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    def forward(self, token_ids: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                cache: DecodeCache | None = None) -> tuple[torch.Tensor, ...]:
         """token_ids (B, L) int; padding_mask (B, L) bool, True for real tokens (optional).
 
+        context (B, S, dim_context) and context_mask (B, S): the sequence CrossAttention layers
+        attend to (e.g. an encoder's output). cache: a generation.DecodeCache to decode
+        incrementally (the tokens continue the cached ones; see `generate`).
         Returns one logits tensor (B, L, classes) per classifier, in config order."""
-        x = self.forward_features(token_ids, padding_mask)
+        x = self.forward_features(token_ids, padding_mask, context=context, context_mask=context_mask, cache=cache)
         return tuple(head(x) for head in self.heads)
 
-    def forward_features(self, token_ids: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_features(self, token_ids: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
+                         context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                         cache: DecodeCache | None = None) -> torch.Tensor:
         """The final hidden states (B, L, dim_model), after the final norm."""
-        token_ids = self._check_input(token_ids, padding_mask)
+        token_ids = self._check_input(token_ids, padding_mask, cache)
         x = self.embedding(token_ids)  # (B, L, input_emb_size)
         if self.emb_proj is not None:
             x = self.emb_proj(x)  # (B, L, dim_model)
         length = token_ids.shape[1]
-        ctx = self.make_context(length, x.dtype, padding_mask)
+        ctx = self.make_context(length, x.dtype, padding_mask, cache=cache)
+        ctx.context, ctx.context_mask = context, context_mask
         if self.abs_pos is not None:  # the context's positions: real tokens only, after any cached ones
             positions = ctx.positions
             if positions is None:
@@ -112,32 +121,50 @@ class Transformer(nn.Module):
             x = x + self.abs_pos(positions).to(x.dtype)  # (B|1, L, dim_model)
         if self.emb_dropout is not None:
             x = self.emb_dropout(x)
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
+            ctx.layer_index = index  # a shared Layer module keeps one decoding state per use
             x = layer(x, ctx)
+        if cache is not None:
+            cache.offset += length
         return x if self.final_norm is None else self.final_norm(x)
 
-    def make_context(self, length: int, dtype: torch.dtype, padding_mask: torch.Tensor | None) -> ForwardContext:
+    def make_context(self, length: int, dtype: torch.dtype, padding_mask: torch.Tensor | None,
+                     cache: DecodeCache | None = None) -> ForwardContext:
         device = self.embedding.weight.device
         positions = None
         if padding_mask is not None:
             padding_mask = padding_mask.to(device=device, dtype=torch.bool)
             # Positions count real tokens only, so left padding leaves every real token's position as is.
             positions = (padding_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
+        offset = 0 if cache is None else cache.offset
         ctx = ForwardContext(seq_len=length, device=device, dtype=dtype, padding_mask=padding_mask,
-                             positions=positions)
+                             positions=positions, offset=offset, cache=cache)
         for dim, table in self.rotary.items():
-            ctx.rotary[int(dim)] = table(length, positions, dtype)
+            ctx.rotary[int(dim)] = table(length, positions, dtype, offset)
         return ctx
 
-    def _check_input(self, token_ids: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    def generate(self, prompt_ids: torch.Tensor, max_new_tokens: int, **options) -> torch.Tensor:
+        """Continue prompts (B, P) by up to max_new_tokens with a key/value cache; see
+        `configaformer.generation.generate` for the sampling options (temperature, top_k, top_p,
+        min_p, eos_token_id, ...)."""
+        return generate(self, prompt_ids, max_new_tokens, **options)
+
+    def _check_input(self, token_ids: torch.Tensor, padding_mask: torch.Tensor | None,
+                     cache: DecodeCache | None = None) -> torch.Tensor:
         """Clear errors for bad inputs; returns the ids as int64/int32 (e.g. from uint16 shards)."""
         if token_ids.dim() != 2 or token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool:
             raise ValueError(f"token_ids must be an integer tensor of shape (batch, length), "
                              f"got {tuple(token_ids.shape)} {token_ids.dtype}")
-        length = token_ids.shape[1]
+        length = token_ids.shape[1] + (0 if cache is None else cache.offset)
         limit = self.config.max_seq_len
         if limit is not None and length > limit:
             raise ValueError(f"sequence length {length} exceeds max_seq_len {limit}")
+        if cache is not None:
+            if padding_mask is not None:
+                raise ValueError("decoding with a cache takes no padding_mask: give prompts of equal length")
+            if length > cache.max_len or token_ids.shape[0] != cache.batch_size:
+                raise ValueError(f"the cache holds {cache.max_len} positions for batch {cache.batch_size}; "
+                                 f"got {length} positions for batch {token_ids.shape[0]}")
         if padding_mask is not None and padding_mask.shape != token_ids.shape:
             raise ValueError(f"padding_mask shape {tuple(padding_mask.shape)} must equal token_ids shape "
                              f"{tuple(token_ids.shape)}")

@@ -256,7 +256,7 @@ class Attention(Block):
         if self.lazy:
             v = self.v_proj(h)  # (B, L, dim_kv)
             if self.conv is not None:
-                v = self.conv(v, ctx.padding_mask, self._state(ctx))
+                v = self.conv(v, ctx.padding_mask, ctx.decode_state())
             v = self._heads(v, self.num_kv_heads)  # (B, G, L, Dh)
             if self.rotate_v:
                 v = apply_rotary(v, *rotary)
@@ -266,7 +266,7 @@ class Attention(Block):
         else:
             qkv = self.qkv(h)  # (B, L, dim_attn + 2 * dim_kv)
             if self.conv is not None:
-                qkv = self.conv(qkv, ctx.padding_mask, self._state(ctx))
+                qkv = self.conv(qkv, ctx.padding_mask, ctx.decode_state())
             q, k, v = qkv.split([self.dim_attn, self.dim_kv, self.dim_kv], dim=-1)
             q, k, v = self._heads(q, self.num_heads), self._heads(k, self.num_kv_heads), self._heads(v, self.num_kv_heads)
             if self.q_norm is not None:
@@ -297,9 +297,6 @@ class Attention(Block):
         groups = self.num_heads // self.num_kv_heads
         return t if groups == 1 else t.repeat_interleave(groups, dim=1)
 
-    def _state(self, ctx: ForwardContext) -> dict | None:
-        return None if ctx.cache is None else ctx.cache.layer(self.plan.index)
-
     def _keys(self, t: torch.Tensor, memory_name: str, ctx: ForwardContext) -> torch.Tensor:
         """The keys (or values) every query sees: M learned memory slots, then any cached
         positions, then this call's (B, G, L, Dh). While decoding, they are written in place into
@@ -307,7 +304,7 @@ class Attention(Block):
         memory = getattr(self, memory_name).to(t.dtype).expand(t.shape[0], -1, -1, -1) if self.num_memory else None
         if ctx.cache is None:
             return t if memory is None else torch.cat([memory, t], dim=2)
-        state, name = ctx.cache.layer(self.plan.index), memory_name[-1]  # "k" or "v"
+        state, name = ctx.decode_state(), memory_name[-1]  # "k" or "v"
         if name not in state:
             B, G, _, Dh = t.shape
             state[name] = t.new_zeros(B, G, self.num_memory + ctx.cache.max_len, Dh)

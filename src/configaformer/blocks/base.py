@@ -69,7 +69,7 @@ class Layer(nn.Module):
         if self.token_shift is not None:
             if ctx.padding_mask is not None:  # padding never leaks into real tokens' features
                 h = h * ctx.padding_mask[..., None].to(h.dtype)
-            h = self.token_shift(h)
+            h = self.token_shift(h, ctx.decode_state())
         y = self.block(h, ctx)
         if self.gate is not None:
             y = self.gate(y, x, h)

@@ -90,7 +90,7 @@ class FFN(Block):
         self.act = get_activation(cfg.activation)
         # All up-projections in one matmul; chunked in forward.
         self.up = nn.Linear(model.dim_model, hidden * self.num_projections, bias=cfg.bias_bool)
-        self.inner_shift = make_token_shift(cfg.inner_token_shift_config)
+        self.inner_shift = make_token_shift(cfg.inner_token_shift_config, "inner_shift")
         self.out_proj = nn.Linear(hidden, model.dim_model, bias=cfg.bias_bool)
         self.gate = OutputGate(model.dim_model, model.dim_model, "sigmoid", "hidden", cfg.bias_bool) \
             if cfg.output_sigmoid_gate_bool else None
@@ -107,6 +107,6 @@ class FFN(Block):
         if self.inner_shift is not None:
             if ctx.padding_mask is not None:
                 z = z * ctx.padding_mask[..., None].to(z.dtype)
-            z = self.inner_shift(z)
+            z = self.inner_shift(z, ctx.decode_state())
         y = self.out_proj(z)
         return y if self.gate is None else self.gate(y, h, h)

@@ -97,6 +97,21 @@ class GMLPConfig(LayerConfig):
         return " ".join(parts) + (" " + rest if rest else "")
 
 
+def cached(ctx: ForwardContext, name: str, t: torch.Tensor, dim: int) -> torch.Tensor:
+    """While decoding, write `t` (this call's positions along `dim`) into a buffer kept in the
+    layer's decoding state and return every position so far; otherwise return `t`."""
+    state = ctx.decode_state()
+    if state is None:
+        return t
+    if name not in state:
+        shape = list(t.shape)
+        shape[dim] = ctx.cache.max_len
+        state[name] = t.new_zeros(shape)
+    end = ctx.offset + t.shape[dim]
+    state[name].narrow(dim, ctx.offset, t.shape[dim]).copy_(t)
+    return state[name].narrow(dim, 0, end)
+
+
 class TinyAttention(nn.Module):
     """aMLP's single-head attention: (B, L, dim_model) -> (B, L, dim_out)."""
 
@@ -109,6 +124,7 @@ class TinyAttention(nn.Module):
     def forward(self, h: torch.Tensor, ctx: ForwardContext, causal: bool) -> torch.Tensor:
         B, L, _ = h.shape
         q, k, v = self.qkv(h).view(B, 1, L, 3, self.dim_attn).unbind(3)  # 3 x (B, 1, L, dim_attn)
+        k, v = cached(ctx, "tiny_k", k, 2), cached(ctx, "tiny_v", v, 2)  # (B, 1, offset + L, dim_attn)
         mask, is_causal = ctx.fused_mask(causal)  # padded keys masked; (B, 1, L, L) or None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         return self.proj(out.squeeze(1))  # (B, L, dim_attn) -> (B, L, dim_out)
@@ -141,17 +157,19 @@ class GMLP(Block):
 
     def forward(self, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         L = h.shape[1]
-        if L > self.max_seq_len:
-            raise ValueError(f"gMLP: sequence length {L} exceeds max_seq_len {self.max_seq_len} "
+        start, end = ctx.offset, ctx.offset + L  # positions of this call (offset > 0 while decoding)
+        if end > self.max_seq_len:
+            raise ValueError(f"gMLP: sequence length {end} exceeds max_seq_len {self.max_seq_len} "
                              f"(its spatial projection is max_seq_len x max_seq_len)")
         u, v = F.gelu(self.up(h)).chunk(2, dim=-1)  # 2 x (B, L, hidden/2)
         v = self.norm(v)
         if ctx.padding_mask is not None:  # padded positions contribute nothing to the mixing
             v = v * ctx.padding_mask[..., None].to(v.dtype)
-        weight = self.spatial_weight[:L, :L]  # (L, L): the top-left corner for shorter inputs
+        v = cached(ctx, "gmlp_v", v, 1)  # (B, offset + L, hidden/2): earlier positions too when decoding
+        weight = self.spatial_weight[start:end, :end]  # (L, offset + L): rows of this call's positions
         if self.causal:
-            weight = weight.tril()  # position i reads positions <= i only
-        gate = weight @ v + self.spatial_bias[:L, None]  # (L, L) @ (B, L, hidden/2) -> (B, L, hidden/2)
+            weight = weight.tril(diagonal=start)  # position i reads positions <= i only
+        gate = weight @ v + self.spatial_bias[start:end, None]  # (L, offset+L) @ (B, offset+L, h/2) -> (B, L, h/2)
         if self.tiny_attn is not None:
             gate = gate + self.tiny_attn(h, ctx, self.causal)
         return self.out_proj(u * gate)  # (B, L, hidden/2) -> (B, L, dim_model)

@@ -117,8 +117,6 @@ def _validate_layer(raw: Any, path: str) -> tuple[LayerConfig | None, list[Probl
 
 def _check_classifiers(model: ModelConfig) -> list[Problem]:
     problems = []
-    if not model.classifiers:
-        problems.append(Problem("classifiers", "give at least one classifier (a class count, e.g. [vocab_size])"))
     names = set()
     for i, head in enumerate(model.classifiers):
         path = f"classifiers[{i}]"

@@ -13,8 +13,9 @@ from torch import nn
 
 
 class TokenShift(nn.Module):
-    def __init__(self, features: list[int], shifts: list[int]):
+    def __init__(self, features: list[int], shifts: list[int], state_key: str = "shift"):
         super().__init__()
+        self.state_key = state_key  # where its history lives in a layer's decoding state
         self.features = list(features)
         self.shifts = list(shifts)
 
@@ -39,11 +40,11 @@ class TokenShift(nn.Module):
 
     def _forward_cached(self, x: torch.Tensor, state: dict) -> torch.Tensor:
         depth, length = max(self.shifts), x.shape[1]
-        history = state.get("shift")
+        history = state.get(self.state_key)
         if history is None:
             history = x.new_zeros(x.shape[0], depth, x.shape[2])
         full = torch.cat([history, x], dim=1)  # (B, depth + L, D)
-        state["shift"] = full[:, -depth:]
+        state[self.state_key] = full[:, -depth:]
         chunks = full.split(self.features, dim=-1)
         return torch.cat([c[:, depth - s: depth - s + length] for c, s in zip(chunks, self.shifts)], dim=-1)
 
@@ -51,8 +52,8 @@ class TokenShift(nn.Module):
         return ", ".join(f"{f}->{s:+d}" for f, s in zip(self.features, self.shifts))
 
 
-def make_token_shift(chunks) -> nn.Module | None:
+def make_token_shift(chunks, state_key: str = "shift") -> nn.Module | None:
     """A TokenShift for a token_shift_config, or None when it moves nothing."""
     if not chunks or all(c.shift == 0 for c in chunks):
         return None
-    return TokenShift([c.features for c in chunks], [c.shift for c in chunks])
+    return TokenShift([c.features for c in chunks], [c.shift for c in chunks], state_key)

@@ -29,12 +29,14 @@ class RotaryTable(nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1)  # (L, dim_rope)
         self.cos_cached, self.sin_cached = emb.cos(), emb.sin()
 
-    def forward(self, length: int, positions: torch.Tensor | None, dtype: torch.dtype):
-        """cos, sin broadcastable to (B, H, L, dim_rope): (1, 1, L, d) or (B, 1, L, d)."""
-        if length > self.cos_cached.shape[0] or self.cos_cached.device != self.inv_freq.device:
-            self._build(max(length, 2 * self.cos_cached.shape[0]))
+    def forward(self, length: int, positions: torch.Tensor | None, dtype: torch.dtype, offset: int = 0):
+        """cos, sin broadcastable to (B, H, L, dim_rope): (1, 1, L, d) for positions
+        offset..offset+L-1, or (B, 1, L, d) for explicit `positions` (B, L)."""
+        end = offset + length
+        if end > self.cos_cached.shape[0] or self.cos_cached.device != self.inv_freq.device:
+            self._build(max(end, 2 * self.cos_cached.shape[0]))
         if positions is None:
-            cos, sin = self.cos_cached[:length], self.sin_cached[:length]
+            cos, sin = self.cos_cached[offset:end], self.sin_cached[offset:end]
             return cos[None, None].to(dtype), sin[None, None].to(dtype)
         cos, sin = self.cos_cached[positions], self.sin_cached[positions]  # (B, L, d)
         return cos[:, None].to(dtype), sin[:, None].to(dtype)

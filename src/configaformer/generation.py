@@ -1,0 +1,112 @@
+"""Autoregressive decoding with a key/value cache, and token sampling.
+
+`DecodeCache` holds every layer's decoding state between calls: attention keys and values in
+buffers preallocated for the whole generation (written in place), the last inputs of token
+shifts and sequence convolutions, gMLP's gated history. Each block keeps its own entries under
+its layer index; the model advances `offset` after each call. Feeding a sequence through the
+cache in chunks gives the same logits as one full forward (tested for every preset).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class DecodeCache:
+    batch_size: int
+    max_len: int  # total positions the cache can hold (prompt + new tokens)
+    offset: int = 0  # positions already processed
+    layers: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def layer(self, index: int) -> dict[str, torch.Tensor]:
+        """The mutable state dict of layer `index` (blocks choose their own keys)."""
+        return self.layers.setdefault(index, {})
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None,
+                  min_p: float | None = None) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k / nucleus (top-p) / min-p sets. (B, V) -> (B, V)."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if min_p is not None:  # keep tokens at least min_p times as likely as the most likely one
+        probs = torch.softmax(logits, dim=-1)
+        logits = logits.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        before = probs.cumsum(-1) - probs  # mass of strictly more likely tokens
+        sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # the first token always stays
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           min_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next token ids (B,) from logits (B, V); temperature 0 means greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits.float() / temperature, top_k, top_p, min_p)
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+             eos_token_id: int | None = None, use_cache: bool = True, head: int | str = 0,
+             prefill_chunk: int | None = None, generator: torch.Generator | None = None,
+             context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Continue each prompt (B, P) by up to max_new_tokens; returns (B, P + n) token ids.
+
+    head: the classifier (index or name) whose logits are sampled; its class count must equal
+    vocab_size. Rows that emit eos_token_id keep emitting it; decoding stops early once every
+    row has. use_cache=False recomputes the whole sequence every step (the reference the cache
+    is tested against). prefill_chunk feeds the prompt through the cache in chunks of that size.
+    """
+    cfg = model.config
+    index = model.head_names.index(head) if isinstance(head, str) else head
+    if not 0 <= index < len(model.heads) or cfg.classifiers[index].num_classes != cfg.vocab_size:
+        raise ValueError(f"head {head!r} cannot drive generation: it needs num_classes == vocab_size "
+                         f"({cfg.vocab_size}); heads: {list(zip(model.head_names, [c.num_classes for c in cfg.classifiers]))}")
+    if not cfg.is_causal:
+        raise ValueError("generation needs a causal model: every attention-like layer must have causal_mask_bool true")
+    if prompt_ids.dim() != 2 or prompt_ids.shape[1] < 1:
+        raise ValueError(f"prompt_ids must have shape (batch, length >= 1), got {tuple(prompt_ids.shape)}")
+    if max_new_tokens < 0 or temperature < 0:
+        raise ValueError("max_new_tokens and temperature must be >= 0")
+    total = prompt_ids.shape[1] + max_new_tokens
+    if cfg.max_seq_len is not None and total > cfg.max_seq_len:
+        raise ValueError(f"prompt length {prompt_ids.shape[1]} + max_new_tokens {max_new_tokens} = {total} "
+                         f"exceeds max_seq_len {cfg.max_seq_len}")
+    was_training = model.training
+    model.eval()
+    try:
+        tokens = prompt_ids.to(model.embedding.weight.device).long()
+        extra = {"context": context, "context_mask": context_mask}
+        cache = DecodeCache(tokens.shape[0], total) if use_cache else None
+        finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        logits = _last_logits(model, tokens, cache, index, prefill_chunk, extra)
+        for step in range(max_new_tokens):
+            next_ids = sample(logits, temperature, top_k, top_p, min_p, generator)
+            if eos_token_id is not None:
+                next_ids = next_ids.masked_fill(finished, eos_token_id)
+                finished |= next_ids == eos_token_id
+            tokens = torch.cat([tokens, next_ids[:, None]], dim=1)
+            if step == max_new_tokens - 1 or (eos_token_id is not None and bool(finished.all())):
+                break
+            feed = next_ids[:, None] if use_cache else tokens
+            logits = model(feed, cache=cache, **extra)[index][:, -1]
+        return tokens
+    finally:
+        model.train(was_training)
+
+
+def _last_logits(model, tokens, cache, index, chunk, extra) -> torch.Tensor:
+    if cache is None or not chunk:
+        return model(tokens, cache=cache, **extra)[index][:, -1]
+    for start in range(0, tokens.shape[1], chunk):
+        logits = model(tokens[:, start: start + chunk], cache=cache, **extra)[index]
+    return logits[:, -1]
