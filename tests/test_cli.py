@@ -45,3 +45,12 @@ def test_demo_runs_the_seed_example(capsys):
     assert main(["demo", "--seq-len", "8"]) == 0
     out = capsys.readouterr().out
     assert "logits [1, 8, 50257]" in out and "logits [1, 8, 6]" in out
+
+
+def test_info_rows_add_up_with_positions_and_shared_layers():
+    config = tiny([ATTN, FFN, dict(ATTN, share_weights_with=0)], abs_pos_emb="learned", max_seq_len=64)
+    summary = summarize(config)
+    assert sum(row.params for row in summary.rows) == summary.total_params
+    shared = [row for row in summary.rows if row.name == "layers[2]"][0]
+    assert "weights of layers[0]" in shared.settings and shared.params == 0
+    assert [row.name for row in summary.rows][:2] == ["embedding", "abs_pos_emb"] and summary.rows[1].params == 64 * 32

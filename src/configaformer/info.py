@@ -45,6 +45,8 @@ def summarize(config, batch: int = 1, seq_len: int = 128) -> Summary:
     for name, module in modules:
         hooks.append(module.register_forward_hook(
             lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape))))
+    if cfg.max_seq_len is not None:
+        seq_len = min(seq_len, cfg.max_seq_len)
     ids = torch.zeros(batch, seq_len, dtype=torch.long, device="meta")
     with torch.no_grad():
         model(ids)
@@ -58,8 +60,14 @@ def summarize(config, batch: int = 1, seq_len: int = 128) -> Summary:
     rows = [Row("embedding", "Embedding", f"{cfg.vocab_size} x {cfg.emb_size}"
                 + (f" -> {cfg.dim_model}" if model.emb_proj is not None else ""),
                 emb + (count(model.emb_proj) if model.emb_proj is not None else 0), shapes["embedding"])]
+    if model.abs_pos is not None:
+        rows.append(Row("abs_pos_emb", cfg.abs_pos_emb, f"{cfg.max_seq_len or ''} x {cfg.dim_model}".strip(" x"),
+                        count(model.abs_pos), shapes["embedding"]))
     for i, (layer_cfg, layer) in enumerate(zip(cfg.layers, model.layers)):
-        rows.append(Row(f"layers[{i}]", layer_cfg.type, layer_cfg.summary(), count(layer), shapes[f"layers[{i}]"]))
+        owner = layer_cfg.share_weights_with
+        settings = layer_cfg.summary() + (f" (weights of layers[{owner}])" if owner is not None else "")
+        rows.append(Row(f"layers[{i}]", layer_cfg.type, settings, 0 if owner is not None else count(layer),
+                        shapes[f"layers[{i}]"]))
     if model.final_norm is not None:
         rows.append(Row("final_norm", cfg.norm_type, "", count(model.final_norm), shapes[f"layers[{len(cfg.layers) - 1}]"]))
     for head_cfg, head, name in zip(cfg.classifiers, model.heads, model.head_names):
