@@ -98,15 +98,21 @@ def generate(model, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: 
             if step == max_new_tokens - 1 or (eos_token_id is not None and bool(finished.all())):
                 break
             feed = next_ids[:, None] if use_cache else tokens
-            logits = model(feed, cache=cache, **extra)[index][:, -1]
+            logits = _head_logits(model, feed, cache, index, extra)
         return tokens
     finally:
         model.train(was_training)
 
 
+def _head_logits(model, tokens, cache, index, extra) -> torch.Tensor:
+    """Logits (B, V) of the last position only: the head never runs over the whole prompt."""
+    hidden = model.forward_features(tokens, cache=cache, **extra)  # (B, L, dim_model)
+    return model.heads[index](hidden[:, -1:])[:, 0]
+
+
 def _last_logits(model, tokens, cache, index, chunk, extra) -> torch.Tensor:
     if cache is None or not chunk:
-        return model(tokens, cache=cache, **extra)[index][:, -1]
+        return _head_logits(model, tokens, cache, index, extra)
     for start in range(0, tokens.shape[1], chunk):
-        logits = model(tokens[:, start: start + chunk], cache=cache, **extra)[index]
-    return logits[:, -1]
+        logits = _head_logits(model, tokens[:, start: start + chunk], cache, index, extra)
+    return logits
