@@ -2,6 +2,7 @@
 
     configaformer info CONFIG      per-layer table of a config (a YAML/JSON path or a preset name)
     configaformer demo             build the seed example, print its table and run a forward pass
+    configaformer data ...         prepare, inspect and verify token datasets (configaformer.data)
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="build the seed example config, show it, run a forward pass")
     demo.add_argument("--seq-len", type=int, default=128)
     demo.set_defaults(func=cmd_demo)
+    from .data.cli import add_data_commands  # configaformer data prepare | info | verify
+
+    add_data_commands(sub)
     return parser
 
 
