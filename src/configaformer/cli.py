@@ -3,6 +3,7 @@
     configaformer info CONFIG      per-layer table of a config (a YAML/JSON path or a preset name)
     configaformer demo             build the seed example, print its table and run a forward pass
     configaformer data ...         prepare, inspect and verify token datasets (configaformer.data)
+    configaformer train RUN        train from a run file; configaformer generate RUN_DIR samples
 """
 
 from __future__ import annotations
@@ -92,16 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.cli import add_data_commands  # configaformer data prepare | info | verify
 
     add_data_commands(sub)
+    from .train.cli import add_train_commands  # configaformer train | generate
+
+    add_train_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "batch", 1) < 1 or getattr(args, "seq_len", 1) < 1:
         print("configaformer: --batch and --seq-len must be >= 1", file=sys.stderr)
         return 2
     try:
-        return args.func(args)
+        return args.func(args, extra) if getattr(args, "takes_overrides", False) else args.func(args)
     except ConfigError as err:
         print(f"configaformer: {err}", file=sys.stderr)
         return 2

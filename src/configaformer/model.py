@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from . import blocks  # noqa: F401  (registers the built-in blocks)
 from .blocks.base import Layer
@@ -68,6 +69,7 @@ class Transformer(nn.Module):
         self.final_norm = make_norm(cfg.norm_type, cfg.dim_model, cfg.norm_eps) if cfg.final_norm_bool else None
         self.heads = nn.ModuleList(make_head(head, cfg, self.embedding) for head in cfg.classifiers)
         self.head_names = [head.name for head in cfg.classifiers]
+        self.checkpoint_layers: frozenset[int] = frozenset()  # activation checkpointing (set by training)
         self.reset_parameters()
 
     # ---- initialisation ------------------------------------------------------------------------
@@ -123,7 +125,10 @@ class Transformer(nn.Module):
             x = self.emb_dropout(x)
         for index, layer in enumerate(self.layers):
             ctx.layer_index = index  # a shared Layer module keeps one decoding state per use
-            x = layer(x, ctx)
+            if index in self.checkpoint_layers and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, ctx, use_reentrant=False)  # recompute activations in backward
+            else:
+                x = layer(x, ctx)
         if cache is not None:
             cache.offset += length
         return x if self.final_norm is None else self.final_norm(x)

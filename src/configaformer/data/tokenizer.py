@@ -58,6 +58,11 @@ class ByteTokenizer:
     def token_id(self, token: str) -> int | None:
         return self.special_tokens.get(token)
 
+    def token_byte_lengths(self) -> np.ndarray:
+        """Bytes of text each id stands for (specials count as one, like a separator byte);
+        used to report bits per byte, which compares across tokenizers."""
+        return np.ones(self.vocab_size, dtype=np.int64)
+
     def to_manifest(self) -> dict:
         return {"kind": self.kind, "vocab_size": self.vocab_size, "special_tokens": dict(self.special_tokens),
                 "path": None, "sha256": None}
@@ -103,6 +108,17 @@ class HFTokenizer:
 
     def token_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
+
+    def token_byte_lengths(self) -> np.ndarray:
+        """Bytes of text each id stands for (specials count as one). Byte-level BPE tokens spell
+        one byte per character; other tokenizers are measured by decoding each id alone."""
+        lengths = np.ones(self.vocab_size, dtype=np.int64)
+        byte_level = self.kind == "bpe"
+        for token, i in self._tok.get_vocab(with_added_tokens=True).items():
+            if token in self.special_tokens:
+                continue
+            lengths[i] = len(token) if byte_level else max(len(self._tok.decode([i]).encode("utf-8")), 1)
+        return lengths
 
     def to_json(self) -> str:
         return self._tok.to_str()

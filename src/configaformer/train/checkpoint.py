@@ -1,0 +1,140 @@
+"""Checkpoints: everything needed to continue a run exactly, written atomically, no pickle.
+
+    RUN_DIR/checkpoints/step_000200/
+        model.safetensors, config.json      the model (Transformer.from_pretrained reads this dir)
+        optimizer.safetensors               AdamW moments per parameter index
+        state.json                          step, tokens, optimizer hyperparameters, loader position,
+                                            best validation loss, the resolved run config
+        rng.safetensors                     torch (and CUDA) random states
+    RUN_DIR/checkpoints/latest              name of the newest complete checkpoint
+    RUN_DIR/checkpoints/best                name of the one with the lowest validation loss
+
+A checkpoint is written into a hidden temporary directory, each file fsynced, then renamed into
+place; `latest` is replaced atomically afterwards. A run killed at any moment therefore leaves
+its previous complete checkpoint as `latest`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+STATE_FILE, OPTIM_FILE, RNG_FILE = "state.json", "optimizer.safetensors", "rng.safetensors"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (for safetensors) and JSON-able scalars."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entry in state["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    for name, value in meta["scalars"].items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, state: dict[str, Any], rng: dict[str, torch.Tensor],
+                    keep_last: int, best: bool) -> Path:
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{state['step']:07d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        model.save_pretrained(tmp)
+        tensors, meta = optimizer_tensors(optimizer)
+        save_file(tensors, str(tmp / OPTIM_FILE))
+        save_file(rng, str(tmp / RNG_FILE))
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "optimizer": meta}, indent=1), encoding="utf-8")
+        for f in tmp.iterdir():
+            with open(f, "rb") as handle:
+                os.fsync(handle.fileno())
+        final = root / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    write_text_atomic(root / "latest", name + "\n")
+    if best:
+        write_text_atomic(root / "best", name + "\n")
+    _prune(root, keep_last)
+    return final
+
+
+def _pointer(root: Path, which: str) -> str | None:
+    path = root / which
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    steps = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+    keep = {p.name for p in steps[-keep_last:]} | {_pointer(root, "best"), _pointer(root, "latest")}
+    for p in steps:
+        if p.name not in keep:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    root = run_dir / "checkpoints"
+    name = _pointer(root, "latest")
+    return root / name if name else None
+
+
+def load_checkpoint_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(state.json, optimizer tensors, rng tensors) of a checkpoint directory, with clear errors."""
+    try:
+        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+        optim = load_file(str(path / OPTIM_FILE))
+        rng = load_file(str(path / RNG_FILE))
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"checkpoint {path} is incomplete: {exc.filename} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable: {exc}") from None
+    return state, optim, rng

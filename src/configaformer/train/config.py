@@ -1,0 +1,169 @@
+"""The run file: which model, which data, and how to train — validated before anything starts.
+
+    model: llama                      # a preset name, a YAML/JSON path, or an inline model config
+    data: {path: data/stdlib}
+    train: {batch_size: 16, seq_len: 256, lr: 1e-3, max_steps: 1000, ...}
+    out_dir: runs/llama
+
+Any setting can be overridden from the command line with its dotted path:
+`configaformer train run.yaml --train.lr 3e-4 --train.max_steps 200` (values parse as YAML).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import ValidationError
+
+from ..config.base import problems_from_validation
+from ..errors import ConfigError, Problem
+
+
+class RunModel(BaseModel):
+    """Run-file sections: unknown keys are errors; numbers written as text ("3e-4", which YAML
+    reads as a string) are accepted, since run files and command lines are typed by hand."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSection(RunModel):
+    path: str  # a directory written by `configaformer data prepare`
+    train_split: str = "train"
+    eval_split: str = "val"
+    packing: bool = True
+
+
+class TrainSection(RunModel):
+    batch_size: PositiveInt = 16  # sequences per micro-batch (per process)
+    seq_len: PositiveInt = 256
+    grad_accum: PositiveInt = 1
+    lr: PositiveFloat = 1e-3
+    min_lr_ratio: NonNegativeFloat = Field(0.1, le=1.0)  # final lr = lr * min_lr_ratio
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: NonNegativeInt = 100
+    weight_decay: NonNegativeFloat = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: PositiveFloat = 1e-8
+    grad_clip: NonNegativeFloat = 1.0  # 0 = no clipping
+    max_steps: Optional[PositiveInt] = None
+    max_tokens: Optional[PositiveInt] = None
+    max_minutes: Optional[PositiveFloat] = None
+    eval_interval: PositiveInt = 200
+    eval_batches: PositiveInt = 20
+    log_interval: PositiveInt = 10
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA if supported, else fp32
+    compile: bool = False
+    activation_checkpointing: Union[bool, list[NonNegativeInt]] = False  # all layers, or these indices
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    num_threads: Optional[PositiveInt] = None  # torch CPU threads (None: torch's default)
+    progress: bool = True
+
+
+class ObjectiveSection(RunModel):
+    kind: Literal["auto", "causal", "masked"] = "auto"  # auto: causal for causal models, else masked
+    mask_rate: float = Field(0.15, gt=0.0, lt=1.0)  # masked-token prediction (BERT): share of tokens to predict
+
+
+class HeadSection(RunModel):
+    """How one classifier head is trained. `labels`: "lm" (the language-modelling objective; the
+    head's class count must equal the vocabulary) or "none" (left untrained)."""
+
+    labels: Literal["lm", "none"] = "lm"
+    loss_weight: NonNegativeFloat = 1.0
+
+
+class CheckpointSection(RunModel):
+    interval: Optional[PositiveInt] = None  # steps; None: at each evaluation
+    keep_last: PositiveInt = 2
+    keep_best: bool = True
+
+
+class SampleSection(RunModel):
+    prompt: str = "def "
+    max_new_tokens: NonNegativeInt = 120
+    temperature: NonNegativeFloat = 0.8
+    top_k: Optional[PositiveInt] = 40
+
+
+class RunConfig(RunModel):
+    model: Union[str, dict[str, Any]]
+    data: DataSection
+    train: TrainSection = TrainSection()
+    objective: ObjectiveSection = ObjectiveSection()
+    heads: dict[str, HeadSection] = {}  # by head name; heads not listed: "lm" if their size is the vocabulary
+    checkpoint: CheckpointSection = CheckpointSection()
+    sample: SampleSection = SampleSection()
+    out_dir: str = "runs/default"
+    distributed: Optional[dict[str, Any]] = None  # see configaformer.parallel
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """["--train.lr", "3e-4", "--out_dir=x"] -> {"train": {"lr": 0.0003}, "out_dir": "x"}."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(Problem(arg, "expected a setting such as --train.lr 3e-4"))
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise ConfigError(Problem(key, "needs a value, e.g. --train.max_steps 100"))
+            value = args[i + 1]
+            i += 1
+        i += 1
+        try:
+            parsed = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            parsed = value
+        if isinstance(parsed, str):  # YAML 1.1 reads "3e-4" as text
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        node = overrides
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(Problem(key, "conflicts with another override"))
+        node[parts[-1]] = parsed
+    return overrides
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_run_config(source: Union[str, Path, dict], overrides: Optional[list[str]] = None) -> RunConfig:
+    """Read and validate a run file (YAML/JSON path or dict) with command-line overrides."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(Problem("", f"run file {str(path)!r} does not exist"))
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(Problem("", f"{path} is not valid YAML/JSON: {exc}")) from None
+        if not isinstance(data, dict):
+            raise ConfigError(Problem("", f"{path} must hold a mapping of run settings"))
+    else:
+        data = dict(source)
+    data = merge(data, parse_overrides(overrides or []))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(problems_from_validation(err, RunConfig)) from None

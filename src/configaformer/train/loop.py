@@ -1,0 +1,472 @@
+"""The training loop: `train(run)` builds model, data and optimizer from a RunConfig and trains.
+
+Everything that can be wrong with the run (unknown keys, a missing dataset, a vocabulary larger
+than the model's, a sequence longer than a block allows, a resume against a changed model) is
+checked before the first step, with the setting named. During training: gradient accumulation,
+warmup + cosine/linear decay, clipping, mixed precision, evaluation with bits per byte, atomic
+checkpoints (exact resume: same batches, masks, dropout and learning rates), JSON-lines metrics,
+loss plots, a NaN guard, and Ctrl-C saving a checkpoint before exiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import resolve_config
+from ..data import BatchLoader, DataError, TokenDataset
+from ..errors import ConfigError, Problem
+from ..model import Transformer
+from ..presets import preset_path
+from .baselines import compressor_bits_per_byte, eval_text_bytes
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint_state, restore_optimizer, save_checkpoint
+from .config import RunConfig
+from .metrics import MetricsWriter
+from .objectives import IGNORE_INDEX, Example, causal_example, masked_example
+from .optim import lr_at, make_optimizer
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or cannot go on; the message says why and what to change."""
+
+
+@dataclass
+class Summary:
+    run_dir: Path
+    steps: int
+    tokens: int
+    parameters: int
+    val: dict[str, dict[str, float]]
+    tokens_per_s: float
+    seconds: float
+    checkpoint: Path | None
+    plot: Path | None
+    sample: str | None
+    stopped_by: str
+    baselines: dict[str, float] = field(default_factory=dict)  # compressors' bits per byte on the eval text
+
+
+# ---- setting up ----------------------------------------------------------------------------------
+def model_config_of(run: RunConfig) -> Any:
+    """The run's model section: an inline dict, a YAML/JSON path, or a preset name."""
+    if isinstance(run.model, dict):
+        return run.model
+    path = Path(run.model)
+    if path.is_file():
+        return path
+    preset = preset_path(run.model)
+    if preset is None:
+        raise ConfigError(Problem("model", f"{run.model!r} is neither a config file nor a preset name"))
+    return preset
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device is 'cuda' but no CUDA device is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise TrainingError("train.device is 'mps' but MPS is not available")
+    return torch.device(name)
+
+
+def pick_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise TrainingError("train.precision fp16 needs a CUDA device (use bf16 or fp32)")
+    return name
+
+
+class Trainer:
+    """One training run. Distributed engines (configaformer.parallel) subclass or wrap the hooks
+    `wrap_model`, `backward`, `is_main`, `rank`, `world_size`."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, run: RunConfig, resume: bool = False):
+        self.run, self.cfg = run, run.train
+        self.run_dir = Path(run.out_dir)
+        if run.train.num_threads:
+            torch.set_num_threads(run.train.num_threads)
+        self.device = pick_device(run.train.device)
+        self.precision = pick_precision(run.train.precision, self.device)
+        try:
+            self.model_cfg = resolve_config(model_config_of(run))
+        except ConfigError as err:
+            raise ConfigError([Problem(f"model.{p.path}" if p.path else "model", p.message)
+                               for p in err.problems]) from None
+        try:
+            self.dataset = TokenDataset(run.data.path)
+        except DataError as err:
+            raise TrainingError(f"data.path: {err}") from None
+        try:
+            self.dataset.check_vocab(self.model_cfg.vocab_size)
+        except ValueError as err:
+            raise TrainingError(f"model.vocab_size: {err}") from None
+        self._check_settings()
+        self.objective = self._objective()
+        self.head_plan = self._head_plan()
+        torch.manual_seed(run.train.seed)
+        self.model = Transformer(self.model_cfg).to(self.device)
+        self.num_parameters = self.model.num_parameters()
+        self.optimizer = make_optimizer(self.model, run.train)
+        self.train_model = self.wrap_model(self.model)
+        self.loader = self._loader(run.data.train_split, "random")
+        self.eval_loader = self._loader(run.data.eval_split, "sequential")
+        self.byte_lengths = torch.from_numpy(self.dataset.tokenizer().token_byte_lengths()).float()
+        self.step = self.tokens = 0
+        self.best_val = math.inf
+        self._mark_boundary()
+        self.tokens_per_step = run.train.batch_size * run.train.seq_len * run.train.grad_accum * self.world_size
+        self.total_steps = run.train.max_steps or (
+            math.ceil(run.train.max_tokens / self.tokens_per_step) if run.train.max_tokens else None)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = MetricsWriter(self.run_dir, enabled=self.is_main)
+        if resume:
+            self._resume()
+        elif self.is_main and latest_checkpoint(self.run_dir) is not None:
+            raise TrainingError(f"{self.run_dir} already holds a run; pass --resume to continue it, "
+                                f"or choose another out_dir")
+
+    # -- hooks for distributed engines
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap_model(self, model):
+        setting = self.cfg.activation_checkpointing
+        if setting:
+            layers = range(len(model.layers)) if setting is True else setting
+            model.checkpoint_layers = frozenset(layers)
+        return torch.compile(model) if self.cfg.compile else model
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    # -- checks before the first step
+    def _check_settings(self) -> None:
+        cfg, run = self.cfg, self.run
+        if not (cfg.max_steps or cfg.max_tokens or cfg.max_minutes):
+            raise ConfigError(Problem("train", "set at least one of max_steps, max_tokens, max_minutes"))
+        limit = self.model_cfg.max_seq_len
+        if limit is not None and cfg.seq_len > limit:
+            raise ConfigError(Problem("train.seq_len", f"{cfg.seq_len} exceeds the model's max_seq_len {limit}"))
+        names = [h.name for h in self.model_cfg.classifiers]
+        for name in run.heads:
+            if name not in names:
+                raise ConfigError(Problem(f"heads.{name}", f"no classifier head named {name!r}; heads: {names}"))
+
+    def _objective(self) -> str:
+        kind = self.run.objective.kind
+        causal = self.model_cfg.is_causal
+        if kind == "auto":
+            return "causal" if causal else "masked"
+        if kind == "causal" and not causal:
+            raise ConfigError(Problem("objective.kind", "next-token prediction needs a causal model; this one has "
+                                                        "bidirectional layers (use masked)"))
+        return kind
+
+    def _head_plan(self) -> list[tuple[int, str, float]]:
+        """(head index, name, loss weight) of every trained head."""
+        plan = []
+        for i, head in enumerate(self.model_cfg.classifiers):
+            section = self.run.heads.get(head.name)
+            labels = section.labels if section else ("lm" if head.num_classes == self.model_cfg.vocab_size else "none")
+            if labels == "lm" and head.num_classes != self.model_cfg.vocab_size:
+                raise ConfigError(Problem(f"heads.{head.name}.labels", f"the language-modelling objective needs "
+                                          f"num_classes == vocab_size ({self.model_cfg.vocab_size}), "
+                                          f"got {head.num_classes}"))
+            if labels == "lm":
+                plan.append((i, head.name, section.loss_weight if section else 1.0))
+        if not plan:
+            raise ConfigError(Problem("heads", "no head is trained: give the model a classifier of vocab_size "
+                                               "classes, or set heads.NAME.labels: lm"))
+        return plan
+
+    def _loader(self, split: str, mode: str) -> BatchLoader:
+        key = "data.train_split" if mode == "random" else "data.eval_split"
+        try:
+            return BatchLoader(self.dataset.split(split), self.cfg.batch_size, self.cfg.seq_len, rank=self.rank,
+                               world_size=self.world_size, seed=self.cfg.seed, mode=mode,
+                               packing=self.run.data.packing)
+        except (DataError, ValueError) as err:
+            raise TrainingError(f"{key}: {err}") from None
+
+    # -- one step
+    def example(self, batch, step: int) -> Example:
+        if self.objective == "causal":
+            return causal_example(batch)
+        vocab = self.model_cfg.vocab_size
+        mask_id = self.dataset.vocab_size if vocab > self.dataset.vocab_size else self.dataset.pad_id
+        return masked_example(batch, self.run.objective.mask_rate, mask_id, self.dataset.vocab_size,
+                              self.cfg.seed, step)
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def losses(self, model, ex: Example) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(weighted total loss, per-head mean losses) for one example batch."""
+        inputs = ex.inputs.to(self.device, non_blocking=True)
+        targets = ex.targets.to(self.device, non_blocking=True)
+        mask = None if ex.padding_mask is None else ex.padding_mask.to(self.device)
+        with self.autocast():
+            outputs = model(inputs, padding_mask=mask)
+        per_head = [F.cross_entropy(outputs[i].float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+                    for i, _, _ in self.head_plan]
+        total = sum(w * loss for (_, _, w), loss in zip(self.head_plan, per_head))
+        return total, per_head
+
+    def _mark_boundary(self) -> None:
+        """Remember the loader position and RNG state between steps: a checkpoint written after
+        Ctrl-C mid-step must describe the last completed step, not a half-consumed one."""
+        self._boundary = {"loader": self.loader.state_dict(), "rng": rng_state()}
+
+    def train_step(self) -> tuple[float, float]:
+        model, cfg = self.train_model, self.cfg
+        model.train()
+        lr = lr_at(self.step, cfg, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for micro in range(cfg.grad_accum):
+            ex = self.example(next(self.loader), self.step * cfg.grad_accum + micro)
+            loss, _ = self.losses(model, ex)
+            self.backward(loss / cfg.grad_accum)
+            total += float(loss.detach()) / cfg.grad_accum
+        if not math.isfinite(total):
+            raise TrainingError(f"the loss became {total} at step {self.step + 1}; stopping. The last good checkpoint "
+                                f"is {latest_checkpoint(self.run_dir) or 'none (no checkpoint was written yet)'}. "
+                                f"Try a lower train.lr or train.grad_clip")
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        self._updating = True  # parameters change from here until the step is counted
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens += self.tokens_per_step
+        self._updating = False
+        self._mark_boundary()
+        return total, float(norm)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        """Mean loss (nats per predicted token) and bits per byte on the first eval_batches
+        validation batches, per trained head."""
+        model = self.train_model
+        model.eval()
+        nats = torch.zeros(len(self.head_plan), dtype=torch.float64)
+        count = byte_total = 0.0
+        steps = min(self.cfg.eval_batches, self.eval_loader.steps_per_epoch)
+        for i in range(steps):
+            ex = self.example(self.eval_loader.batch_at(0, i), -1 - i)
+            inputs, targets = ex.inputs.to(self.device), ex.targets.to(self.device)
+            mask = None if ex.padding_mask is None else ex.padding_mask.to(self.device)
+            with self.autocast():
+                outputs = model(inputs, padding_mask=mask)
+            valid = targets != IGNORE_INDEX
+            for j, (head, _, _) in enumerate(self.head_plan):
+                loss = F.cross_entropy(outputs[head].float().flatten(0, 1), targets.flatten(),
+                                       ignore_index=IGNORE_INDEX, reduction="sum")
+                nats[j] += float(loss)
+            count += float(valid.sum())
+            byte_total += float(self.byte_lengths[targets[valid].cpu()].sum())
+        nats, count, byte_total = self.reduce_eval(nats, count, byte_total)
+        return {name: {"loss": float(nats[j]) / max(count, 1),
+                       "bits_per_byte": float(nats[j]) / math.log(2) / max(byte_total, 1)}
+                for j, (_, name, _) in enumerate(self.head_plan)}
+
+    def reduce_eval(self, nats, count, byte_total):
+        return nats, count, byte_total
+
+    # -- checkpoints
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step, "tokens": self.tokens, "best_val": self.best_val,
+                "loader": self._boundary["loader"], "run": self.run.to_dict(),
+                "model_config": self.model_cfg.to_dict()}
+
+    def save(self, best: bool = False) -> Path | None:
+        if not self.is_main:
+            return None
+        return save_checkpoint(self.run_dir, self.model, self.optimizer, self.state(), self._boundary["rng"],
+                               self.run.checkpoint.keep_last, best and self.run.checkpoint.keep_best)
+
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.run_dir)
+        if path is None:
+            raise TrainingError(f"--resume: {self.run_dir} has no checkpoint to resume from")
+        try:
+            state, optim, rng = load_checkpoint_state(path)
+            saved = resolve_config(state["model_config"]).to_dict()
+        except (CheckpointError, KeyError, ConfigError) as err:
+            raise TrainingError(f"--resume: {err}") from None
+        if saved != self.model_cfg.to_dict():
+            changed = sorted(k for k in set(saved) | set(self.model_cfg.to_dict())
+                             if saved.get(k) != self.model_cfg.to_dict().get(k))
+            raise TrainingError(f"--resume: the model config differs from the checkpoint's (changed: "
+                                f"{', '.join('model.' + c for c in changed)}); start a new out_dir instead")
+        from safetensors.torch import load_model
+
+        load_model(self.model, str(path / "model.safetensors"), device=str(self.device))
+        restore_optimizer(self.optimizer, optim, state["optimizer"])
+        try:
+            self.loader.load_state_dict(state["loader"])
+        except ValueError as err:
+            raise TrainingError(f"--resume: {err} (train.batch_size, train.seq_len, train.seed and data must "
+                                f"match the checkpoint)") from None
+        torch.set_rng_state(rng["torch"])
+        if torch.cuda.is_available():
+            cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
+            if cuda:
+                torch.cuda.set_rng_state_all(cuda)
+        self.step, self.tokens, self.best_val = state["step"], state["tokens"], state["best_val"]
+        self._mark_boundary()
+        self.metrics.truncate_after(self.step)
+        self.metrics.load_history()
+
+    # -- the loop
+    def fit(self) -> Summary:
+        cfg = self.cfg
+        start, start_tokens = time.perf_counter(), self.tokens
+        last_log, last_log_tokens = start, self.tokens
+        val: dict[str, dict[str, float]] = {}
+        ckpt = latest_checkpoint(self.run_dir) if self.step else None
+        stopped_by = "max_steps"
+        interval = self.run.checkpoint.interval
+        bar = self._progress()
+        try:
+            while True:
+                if cfg.max_steps and self.step >= cfg.max_steps:
+                    stopped_by = "max_steps"
+                    break
+                if cfg.max_tokens and self.tokens >= cfg.max_tokens:
+                    stopped_by = "max_tokens"
+                    break
+                if cfg.max_minutes and time.perf_counter() - start >= cfg.max_minutes * 60:
+                    stopped_by = "max_minutes"
+                    break
+                loss, grad_norm = self.train_step()
+                now = time.perf_counter()
+                if self.step % cfg.log_interval == 0 or self.step == 1:
+                    speed = (self.tokens - last_log_tokens) / max(now - last_log, 1e-9)
+                    self.metrics.log({"kind": "train", "step": self.step, "tokens": self.tokens, "loss": loss,
+                                      "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+                                      "tokens_per_s": speed, "memory_mib": memory_mib(self.device)})
+                    last_log, last_log_tokens = now, self.tokens
+                    if bar is not None:
+                        bar.update(loss, speed, self.step)
+                evaluate_now = self.step % cfg.eval_interval == 0
+                if evaluate_now:
+                    val = self._evaluate_and_log()
+                if evaluate_now or (interval and self.step % interval == 0):
+                    ckpt = self._checkpoint(val, evaluate_now)
+        except KeyboardInterrupt:
+            stopped_by = "interrupted (Ctrl-C)"
+            if bar is not None:
+                bar.close()
+                bar = None
+            if self.step and not getattr(self, "_updating", False):
+                ckpt = self.save()
+            if self.is_main:
+                print(f"\ninterrupted after step {self.step}: checkpoint {ckpt}; continue with --resume")
+        if bar is not None:
+            bar.close()
+        elapsed = time.perf_counter() - start
+        if stopped_by != "interrupted (Ctrl-C)":
+            val = self._evaluate_and_log()
+            ckpt = self._checkpoint(val, True)
+        plot = self.metrics.plot() if self.is_main else None
+        self.metrics.close()
+        finished = self.is_main and stopped_by != "interrupted (Ctrl-C)"
+        return Summary(self.run_dir, self.step, self.tokens, self.num_parameters, val,
+                       (self.tokens - start_tokens) / max(elapsed, 1e-9), elapsed, ckpt, plot,
+                       self.sample() if finished else None, stopped_by,
+                       compressor_bits_per_byte(eval_text_bytes(self)) if finished else {})
+
+    def _evaluate_and_log(self) -> dict[str, dict[str, float]]:
+        val = self.evaluate()
+        self.metrics.log({"kind": "eval", "step": self.step, "tokens": self.tokens, "heads": val})
+        self.metrics.plot()
+        return val
+
+    def _checkpoint(self, val: dict[str, dict[str, float]], evaluated: bool) -> Path | None:
+        loss = next(iter(val.values()))["loss"] if (val and evaluated) else math.inf
+        best = loss < self.best_val
+        if best:
+            self.best_val = loss
+        return self.save(best=best)
+
+    def sample(self) -> str | None:
+        """A sample from the trained model, if it is causal and has a vocabulary head."""
+        if self.objective != "causal" or self.run.sample.max_new_tokens == 0:
+            return None
+        tokenizer = self.dataset.tokenizer()
+        prompt = tokenizer.encode(self.run.sample.prompt)
+        if len(prompt) == 0:
+            return None
+        ids = torch.as_tensor(prompt.astype("int64"))[None].to(self.device)
+        limit = self.model_cfg.max_seq_len
+        new = self.run.sample.max_new_tokens if limit is None else min(self.run.sample.max_new_tokens, limit - ids.shape[1])
+        gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+        out = self.model.generate(ids, max(new, 0), temperature=self.run.sample.temperature, top_k=self.run.sample.top_k,
+                                  head=self.head_plan[0][0], generator=gen)
+        return tokenizer.decode(out[0].tolist())
+
+    def _progress(self):
+        if not (self.is_main and self.cfg.progress):
+            return None
+        return ProgressBar(self.total_steps, self.step)
+
+
+class ProgressBar:
+    """A rich progress bar with loss and tokens/s (stays quiet when output is not a terminal)."""
+
+    def __init__(self, total: int | None, done: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.fields[info]}"), transient=False)
+        self.task = self.progress.add_task("train", total=total, completed=done, info="")
+        self.progress.start()
+
+    def update(self, loss: float, speed: float, step: int) -> None:
+        self.progress.update(self.task, completed=step, info=f"loss {loss:.3f}  {speed:,.0f} tok/s")
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return state
+
+
+def memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return peak / 1024 if os.name == "posix" else float("nan")
+
+
+def train(run: RunConfig, resume: bool = False) -> Summary:
+    return Trainer(run, resume=resume).fit()

@@ -1,0 +1,122 @@
+"""Run metrics: one JSON line per log step, optional TensorBoard events, PNG loss curves."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
+        self.run_dir, self.enabled = run_dir, enabled
+        self.train: list[tuple[int, float]] = []  # (tokens, loss)
+        self.val: dict[str, list[tuple[int, float]]] = {}  # head -> (tokens, loss)
+        self._tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is an optional extra
+                self._tb = None
+
+    def load_history(self) -> None:
+        """After a resume: reread the curves written so far, for the plots."""
+        path = self.run_dir / METRICS_FILE
+        if not path.is_file():
+            return
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            self._remember(record)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past `step` (written by a run that died after its last checkpoint)."""
+        path = self.run_dir / METRICS_FILE
+        if not self.enabled or not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                pass
+        _write_atomic(path, "".join(k + "\n" for k in kept))
+
+    def _remember(self, record: dict[str, Any]) -> None:
+        if record.get("kind") == "train":
+            self.train.append((record["tokens"], record["loss"]))
+        elif record.get("kind") == "eval":
+            for head, values in record["heads"].items():
+                self.val.setdefault(head, []).append((record["tokens"], values["loss"]))
+
+    def log(self, record: dict[str, Any]) -> None:
+        self._remember(record)
+        if not self.enabled:
+            return
+        with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            step = record["step"]
+            if record["kind"] == "train":
+                for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                    if isinstance(record.get(key), (int, float)):
+                        self._tb.add_scalar(f"train/{key}", record[key], step)
+            else:
+                for head, values in record["heads"].items():
+                    for key, value in values.items():
+                        self._tb.add_scalar(f"eval/{head}/{key}", value, step)
+            self._tb.flush()
+
+    def plot(self) -> Path | None:
+        """Train and validation loss against tokens seen, written atomically to loss.png."""
+        if not self.enabled or not (self.train or self.val):
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+        if self.train:
+            tokens, loss = zip(*self.train)
+            ax.plot(tokens, loss, lw=1, alpha=0.8, label="train")
+        for head, points in self.val.items():
+            tokens, loss = zip(*points)
+            ax.plot(tokens, loss, marker="o", ms=3, lw=1.5, label=f"validation ({head})")
+        ax.set_xlabel("tokens seen")
+        ax.set_ylabel("loss (nats per token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        finite = [v for _, v in self.train if math.isfinite(v)]
+        if finite:
+            ax.set_ylim(top=min(max(finite), 2.5 * finite[-1]) * 1.05)
+        fig.tight_layout()
+        path = self.run_dir / PLOT_FILE
+        fd, tmp = tempfile.mkstemp(prefix=".loss.", suffix=".png", dir=self.run_dir)
+        os.close(fd)
+        fig.savefig(tmp)
+        plt.close(fig)
+        os.replace(tmp, path)
+        return path
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
