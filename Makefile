@@ -25,7 +25,7 @@ test: install
 
 bench: install
 	$(BIN)/pip install --quiet -e ".[bench]"
-	$(BIN)/python benchmarks/bench_train_step.py --threads 2 --repeats 15 --json bench_results/train_step.json
+	$(BIN)/python -m benchmarks --threads 2
 
 clean:
 	rm -rf $(VENV)
