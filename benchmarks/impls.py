@@ -34,6 +34,8 @@ class Impl:
     model: torch.nn.Module  # the eager module (parameters, train/eval)
     logits: Callable[[torch.Tensor], torch.Tensor]  # ids (B, L) -> logits (B, L, V)
     generate: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None  # greedy, (B, P), n -> tokens
+    # (ids, targets) -> mean cross-entropy, where the library has its own loss path; else CE of `logits`
+    loss: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
 
     @property
     def num_params(self) -> int:
@@ -57,7 +59,8 @@ def build(name: str, c: GPTConfig, seed: int = 0) -> Impl:
 
         model = configaformer.Transformer(configaformer_config(c))
         impl = Impl(name, model, lambda ids: model(ids)[0],  # one classifier: its (B, L, V) logits
-                    lambda ids, n: model.generate(ids, n, temperature=0))
+                    lambda ids, n: model.generate(ids, n, temperature=0),
+                    lambda ids, targets: model(ids, targets=targets)[0])  # chunked CE, no full logits
     elif base == HAND:
         model = GPT(c)
         impl = Impl(name, model, model, lambda ids, n: model.generate(ids, n))
@@ -78,6 +81,8 @@ def build(name: str, c: GPTConfig, seed: int = 0) -> Impl:
     if name.endswith(COMPILED):
         compiled = torch.compile(impl.model)
         impl.logits = (lambda ids: compiled(ids)[0]) if base == CF else compiled
+        if base == CF:
+            impl.loss = lambda ids, targets: compiled(ids, targets=targets)[0]
         impl.generate = None  # decoding shapes change every step: left to eager
     return impl
 

@@ -30,8 +30,11 @@ class Trainer:
 
     def step(self) -> float:
         inputs, targets = self.tokens[:, :-1], self.tokens[:, 1:]  # (B, L) each
-        logits = self.impl.logits(inputs)  # (B, L, V)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        if self.impl.loss is not None:  # the library's own loss path (configaformer: chunked CE)
+            loss = self.impl.loss(inputs, targets)
+        else:
+            logits = self.impl.logits(inputs)  # (B, L, V)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -167,3 +167,25 @@ def test_absolute_positions_count_real_tokens_so_padding_changes_nothing(kind, s
     (plain,) = model(ids)
     (with_pad,) = model(padded, padding_mask=mask)
     torch.testing.assert_close(with_pad[mask].view(1, 6, -1), plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("head_type", ["ffn", "linear", "tied"])
+def test_loss_from_targets_equals_cross_entropy_of_the_logits(head_type):
+    model = Transformer(tiny([ATTN, FFN], input_emb_size=16, classifiers=[{"num_classes": VOCAB, "head_type": head_type}, 5]))
+    ids = torch.randint(0, VOCAB, (3, 9))
+    targets = torch.randint(0, VOCAB, (3, 9))
+    targets[0, :4] = -100
+    small = torch.randint(0, 5, (3, 9))
+    logits = model(ids)
+    expected = torch.nn.functional.cross_entropy(logits[0].flatten(0, 1), targets.flatten())
+    expected.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    (loss,) = model(ids, targets=targets)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    for n, p in model.named_parameters():
+        if n in grads:
+            torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-6)
+    (second,) = model(ids, targets=small, loss_heads=(1,))
+    torch.testing.assert_close(second, torch.nn.functional.cross_entropy(logits[1].flatten(0, 1), small.flatten()))

@@ -27,6 +27,7 @@ from .context import ForwardContext
 from .generation import DecodeCache, generate
 from .layers.abs_position import make_abs_positions
 from .layers.heads import make_head
+from .layers.losses import linear_cross_entropy
 from .layers.norms import NORM_MODULES, make_norm
 from .layers.residual import ResidualScale
 from .positional.rotary import RotaryTable
@@ -95,14 +96,24 @@ class Transformer(nn.Module):
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, token_ids: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
                 context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
-                cache: DecodeCache | None = None) -> tuple[torch.Tensor, ...]:
+                cache: DecodeCache | None = None, targets: torch.Tensor | None = None,
+                loss_heads: tuple[int, ...] = (0,)) -> tuple[torch.Tensor, ...]:
         """token_ids (B, L) int; padding_mask (B, L) bool, True for real tokens (optional).
 
         context (B, S, dim_context) and context_mask (B, S): the sequence CrossAttention layers
         attend to (e.g. an encoder's output). cache: a generation.DecodeCache to decode
         incrementally (the tokens continue the cached ones; see `generate`).
-        Returns one logits tensor (B, L, classes) per classifier, in config order."""
+        Returns one logits tensor (B, L, classes) per classifier, in config order.
+
+        With targets (B, L) (class ids, -100 = no target), returns instead the mean
+        cross-entropy of each head in `loss_heads`, computed in chunks without forming the
+        (B, L, classes) logits (layers/losses.py): the same value and gradients as
+        F.cross_entropy on the logits, with far less memory for large vocabularies."""
         x = self.forward_features(token_ids, padding_mask, context=context, context_mask=context_mask, cache=cache)
+        if targets is not None:
+            flat = targets.reshape(-1)
+            return tuple(linear_cross_entropy(self.heads[i].features(x).flatten(0, 1), self.heads[i].out.weight,
+                                              self.heads[i].out.bias, flat) for i in loss_heads)
         return tuple(head(x) for head in self.heads)
 
     def forward_features(self, token_ids: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
@@ -175,7 +186,9 @@ class Transformer(nn.Module):
                              f"{tuple(token_ids.shape)}")
         if token_ids.dtype not in (torch.long, torch.int):
             token_ids = token_ids.long()
-        if token_ids.device.type != "meta" and not torch.compiler.is_compiling() and token_ids.numel():
+        # The range check reads values, which on an accelerator would stall the host on every
+        # call (each decoded token included): it runs for host tensors, where it costs nothing.
+        if token_ids.device.type == "cpu" and not torch.compiler.is_compiling() and token_ids.numel():
             lo, hi = (int(v) for v in torch.aminmax(token_ids))
             if lo < 0 or hi >= self.config.vocab_size:
                 bad = lo if lo < 0 else hi

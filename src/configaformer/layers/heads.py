@@ -1,5 +1,8 @@
 """Classifier heads: each maps final hidden states (B, L, dim_model) to logits (B, L, classes).
 
+Every head is `out(features(x))` with `out` a linear layer, so a loss can be computed from
+`features(x)` and `out`'s weight without forming all logits (layers/losses.py).
+
 - "ffn" (default): x + FFN(norm(x)), then norm and a linear layer. The small residual FFN lets
   heads that share one trunk specialise its features.
 - "linear": one linear layer.
@@ -27,15 +30,22 @@ class FFNHead(nn.Module):
         self.out_norm = make_norm(model.norm_type, dim, model.norm_eps)
         self.out = nn.Linear(dim, cfg.num_classes, bias=cfg.bias_bool)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the final linear layer `out` reads (see `Transformer.forward(..., targets=)`)."""
         x = x + self.down(F.gelu(self.up(self.norm(x))))
-        return self.out(self.out_norm(x))
+        return self.out_norm(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.features(x))
 
 
 class LinearHead(nn.Module):
     def __init__(self, cfg: ClassifierConfig, model: ModelConfig):
         super().__init__()
         self.out = nn.Linear(model.dim_model, cfg.num_classes, bias=cfg.bias_bool)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(x)
@@ -49,8 +59,11 @@ class TiedHead(nn.Module):
         self.out = nn.Linear(emb, cfg.num_classes, bias=cfg.bias_bool)
         self.out.weight = embedding.weight  # one shared Parameter, saved once
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.proj is None else self.proj(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(x if self.proj is None else self.proj(x))
+        return self.out(self.features(x))
 
 
 def make_head(cfg: ClassifierConfig, model: ModelConfig, embedding: nn.Embedding) -> nn.Module:
