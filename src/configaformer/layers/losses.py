@@ -38,11 +38,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             picked = logits.gather(1, tc.clamp(min=0)[:, None])[:, 0]
             total = total + ((lse - picked) * vc).sum()
             if want_grads:
-                grad = torch.exp(logits - lse[:, None])  # softmax, reusing the logits' memory
+                grad = logits.sub_(lse[:, None]).exp_()  # softmax, in the logits' memory
                 grad[torch.arange(len(tc), device=grad.device), tc.clamp(min=0)] -= 1.0
-                grad *= (vc.to(grad.dtype) / count)[:, None]
-                grad_h[start:start + chunk] = (grad.to(weight.dtype) @ weight).to(h.dtype)
-                grad_w += grad.t() @ hc.float()
+                grad.mul_((vc.to(grad.dtype) / count)[:, None])
+                if h.dtype == torch.float32 and weight.dtype == torch.float32:
+                    torch.mm(grad, weight, out=grad_h[start:start + chunk])
+                    grad_w.addmm_(grad.t(), hc)
+                else:
+                    grad_h[start:start + chunk] = (grad.to(weight.dtype) @ weight).to(h.dtype)
+                    grad_w.addmm_(grad.t(), hc.float())
                 if grad_b is not None:
                     grad_b += grad.sum(0)
         ctx.has_bias = bias is not None
@@ -59,7 +63,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                         targets: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+                         targets: torch.Tensor, chunk: int = 512) -> torch.Tensor:
     """Mean cross-entropy over targets != -100 of the logits h @ weight.T + bias, chunked.
     h (N, D), weight (V, D), bias (V,) or None, targets (N,) int64."""
     return _LinearCrossEntropy.apply(h, weight, bias, targets, chunk)
