@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:
-#   make demo   build the seed example config, print its layer table and run a forward pass
+#   make demo   the main job: prepare the embedded python-stdlib corpus, train a small model on it
+#               (about five minutes on 2 CPU cores), print the summary and a sample
 #   make test   run the test suite
 # Both create .venv first (CPU torch 2.13.0, then this package with its dev extras).
 PYTHON ?= python3
@@ -17,8 +18,11 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+DATA := data/stdlib
+
 demo: install
-	$(BIN)/configaformer demo
+	@test -f $(DATA)/manifest.json || $(BIN)/configaformer data prepare --source python-stdlib --max-bytes 8M --out $(DATA)
+	$(BIN)/configaformer train stdlib --out_dir runs/stdlib-$$(date +%Y%m%d-%H%M%S)
 
 test: install
 	$(BIN)/python -m pytest -n 2

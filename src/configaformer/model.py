@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from .blocks.base import Layer
 from .config import ModelConfig, plan_wiring, resolve_config
 from .config.resolve import ConfigLike
 from .context import ForwardContext
+from .fileio import atomic_write
 from .generation import DecodeCache, generate
 from .layers.abs_position import make_abs_positions
 from .layers.heads import make_head
@@ -209,9 +209,9 @@ class Transformer(nn.Module):
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(self, tmp))
+        atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(self, tmp))
         text = json.dumps(self.config.to_dict(), indent=2) + "\n"
-        _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         return directory
 
     @classmethod
@@ -240,17 +240,3 @@ class Transformer(nn.Module):
             raise ValueError(f"{weights_path} does not match {config_path}: missing {sorted(missing)}, "
                              f"unexpected {sorted(unexpected)}")
         return model.to(device)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same directory, fsync, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-import yaml
 from pydantic import ValidationError
 
 from ..errors import ConfigError, Problem
+from ..fileio import read_mapping
 from ..registry import get_block, list_blocks
 from .base import did_you_mean, problems_from_validation
 from .layer import LayerConfig
@@ -38,17 +38,11 @@ class LayerPlan:
 
 def load_config(path: str | Path) -> dict:
     """Read a model config from a YAML or JSON file (JSON is YAML, so one parser serves both)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(Problem("", f"config file {str(path)!r} does not exist"))
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(Problem("", f"{path} is not valid YAML/JSON: {exc}")) from None
-    if isinstance(data, dict) and "model" in data and "layers" not in data:
+    data = read_mapping(path, "config file")
+    if "model" in data and "layers" not in data:
         data = data["model"]  # a run file: its model section
-    if not isinstance(data, dict):
-        raise ConfigError(Problem("", f"{path} must hold a mapping of config keys, got {type(data).__name__}"))
+        if not isinstance(data, dict):
+            raise ConfigError(Problem("model", f"{path}: expected a mapping of config keys"))
     return data
 
 

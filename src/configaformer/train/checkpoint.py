@@ -27,6 +27,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..fileio import write_text_atomic
+
 STATE_FILE, OPTIM_FILE, RNG_FILE = "state.json", "optimizer.safetensors", "rng.safetensors"
 
 
@@ -45,18 +47,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state dict into tensors (for safetensors) and JSON-able scalars."""
-    state = optimizer.state_dict()
+def optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict (or an optimizer's) into tensors (for safetensors) and JSON-able scalars."""
+    state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
     tensors, scalars = {}, {}
     for index, entry in state["state"].items():
         for key, value in entry.items():
@@ -78,21 +71,34 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def staging_dir(run_dir: Path, step: int) -> Path:
+    """An empty directory every rank of a distributed run can write its part of a checkpoint into."""
+    path = run_dir / "checkpoints" / f".step_{step:07d}.staging"
+    shutil.rmtree(path, ignore_errors=True)  # left by a run killed while saving
+    return path
+
+
 def save_checkpoint(run_dir: Path, model, optimizer, state: dict[str, Any], rng: dict[str, torch.Tensor],
-                    keep_last: int, best: bool) -> Path:
+                    keep_last: int, best: bool, staging: Path | None = None) -> Path:
+    """`model`: anything with save_pretrained(dir). `optimizer`: an optimizer, or its (gathered) state
+    dict, or None when a distributed engine wrote its own state into `staging` (a directory the
+    engine's ranks filled first; by default a fresh temporary one)."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{state['step']:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    tmp = staging or Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     try:
         model.save_pretrained(tmp)
-        tensors, meta = optimizer_tensors(optimizer)
-        save_file(tensors, str(tmp / OPTIM_FILE))
+        meta = None
+        if optimizer is not None:
+            tensors, meta = optimizer_tensors(optimizer)
+            save_file(tensors, str(tmp / OPTIM_FILE))
         save_file(rng, str(tmp / RNG_FILE))
         (tmp / STATE_FILE).write_text(json.dumps({**state, "optimizer": meta}, indent=1), encoding="utf-8")
-        for f in tmp.iterdir():
-            with open(f, "rb") as handle:
-                os.fsync(handle.fileno())
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as handle:
+                    os.fsync(handle.fileno())
         final = root / name
         if final.exists():
             shutil.rmtree(final)
@@ -131,7 +137,8 @@ def load_checkpoint_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.T
     """(state.json, optimizer tensors, rng tensors) of a checkpoint directory, with clear errors."""
     try:
         state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-        optim = load_file(str(path / OPTIM_FILE))
+        # None: a distributed engine (DeepSpeed) kept the optimizer state in its own format
+        optim = load_file(str(path / OPTIM_FILE)) if state.get("optimizer") is not None else {}
         rng = load_file(str(path / RNG_FILE))
     except FileNotFoundError as exc:
         raise CheckpointError(f"checkpoint {path} is incomplete: {exc.filename} is missing") from None

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from ..config.base import problems_from_validation
 from ..errors import ConfigError, Problem
+from ..fileio import read_mapping
 
 
 class RunModel(BaseModel):
@@ -89,6 +90,33 @@ class SampleSection(RunModel):
     top_k: Optional[PositiveInt] = 40
 
 
+class FSDPSection(RunModel):
+    """FSDP2 (`torch.distributed.fsdp.fully_shard`; Zhao et al. 2023, arXiv 2304.11277): each layer
+    is one shard unit."""
+
+    reshard_after_forward: bool = True  # False: keep a layer's gathered weights until its backward
+
+
+class DeepSpeedSection(RunModel):
+    """DeepSpeed ZeRO (Rajbhandari et al. 2020, arXiv 1910.02054). Unset keys come from
+    `config_path`'s JSON if given, else from the defaults (stage 2, no offload)."""
+
+    zero_stage: Optional[Literal[1, 2, 3]] = None  # 1: optimizer state, 2: + gradients, 3: + parameters sharded
+    offload_optimizer: Optional[bool] = None  # ZeRO-Offload (arXiv 2101.06840): optimizer state and step on the CPU
+    offload_param: Optional[bool] = None  # stage 3 only: parameters on the CPU between uses
+    config_path: Optional[str] = None  # a DeepSpeed JSON to start from; batch keys must agree with train.*
+
+
+class DistributedSection(RunModel):
+    """How many processes train and how (configaformer.parallel). Launch with torchrun or deepspeed."""
+
+    engine: Literal["none", "ddp", "fsdp", "deepspeed", "xla"] = "none"
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA, gloo on CPU (xla: its own)
+    timeout_minutes: PositiveFloat = 30.0  # a collective waiting longer than this fails the run
+    fsdp: FSDPSection = FSDPSection()
+    deepspeed: DeepSpeedSection = DeepSpeedSection()
+
+
 class RunConfig(RunModel):
     model: Union[str, dict[str, Any]]
     data: DataSection
@@ -98,7 +126,7 @@ class RunConfig(RunModel):
     checkpoint: CheckpointSection = CheckpointSection()
     sample: SampleSection = SampleSection()
     out_dir: str = "runs/default"
-    distributed: Optional[dict[str, Any]] = None  # see configaformer.parallel
+    distributed: DistributedSection = DistributedSection()  # see configaformer.parallel
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -110,6 +138,9 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     i = 0
     while i < len(args):
         arg = args[i]
+        if arg.split("=")[0] in ("--local_rank", "--local-rank"):  # added by the deepspeed launcher; the
+            i += 1 if "=" in arg else 2                            # rank is read from LOCAL_RANK instead
+            continue
         if not arg.startswith("--") or arg == "--":
             raise ConfigError(Problem(arg, "expected a setting such as --train.lr 3e-4"))
         key, eq, value = arg[2:].partition("=")
@@ -150,18 +181,7 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 def load_run_config(source: Union[str, Path, dict], overrides: Optional[list[str]] = None) -> RunConfig:
     """Read and validate a run file (YAML/JSON path or dict) with command-line overrides."""
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(Problem("", f"run file {str(path)!r} does not exist"))
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(Problem("", f"{path} is not valid YAML/JSON: {exc}")) from None
-        if not isinstance(data, dict):
-            raise ConfigError(Problem("", f"{path} must hold a mapping of run settings"))
-    else:
-        data = dict(source)
+    data = read_mapping(source, "run file") if isinstance(source, (str, Path)) else dict(source)
     data = merge(data, parse_overrides(overrides or []))
     try:
         return RunConfig.model_validate(data)

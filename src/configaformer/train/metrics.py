@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..fileio import atomic_write, write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
@@ -51,7 +51,7 @@ class MetricsWriter:
                     kept.append(line)
             except json.JSONDecodeError:
                 pass
-        _write_atomic(path, "".join(k + "\n" for k in kept))
+        write_text_atomic(path, "".join(k + "\n" for k in kept))
 
     def _remember(self, record: dict[str, Any]) -> None:
         if record.get("kind") == "train":
@@ -103,20 +103,10 @@ class MetricsWriter:
             ax.set_ylim(top=min(max(finite), 2.5 * finite[-1]) * 1.05)
         fig.tight_layout()
         path = self.run_dir / PLOT_FILE
-        fd, tmp = tempfile.mkstemp(prefix=".loss.", suffix=".png", dir=self.run_dir)
-        os.close(fd)
-        fig.savefig(tmp)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
         plt.close(fig)
-        os.replace(tmp, path)
         return path
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
