@@ -84,29 +84,33 @@ def generate(model, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: 
     was_training = model.training
     model.eval()
     try:
-        tokens = prompt_ids.to(model.embedding.weight.device).long()
+        prompt = prompt_ids.to(model.embedding.weight.device).long()
+        batch, length = prompt.shape
+        tokens = prompt.new_empty(batch, total)  # filled in place, one column per new token
+        tokens[:, :length] = prompt
         extra = {"context": context, "context_mask": context_mask}
-        cache = DecodeCache(tokens.shape[0], total) if use_cache else None
-        finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
-        logits = _last_logits(model, tokens, cache, index, prefill_chunk, extra)
+        cache = DecodeCache(batch, total) if use_cache else None
+        finished = torch.zeros(batch, dtype=torch.bool, device=tokens.device)
+        logits = _last_logits(model, prompt, cache, index, prefill_chunk, extra)  # checks the prompt
         for step in range(max_new_tokens):
             next_ids = sample(logits, temperature, top_k, top_p, min_p, generator)
             if eos_token_id is not None:
                 next_ids = next_ids.masked_fill(finished, eos_token_id)
                 finished |= next_ids == eos_token_id
-            tokens = torch.cat([tokens, next_ids[:, None]], dim=1)
+            tokens[:, length] = next_ids
+            length += 1
             if step == max_new_tokens - 1 or (eos_token_id is not None and bool(finished.all())):
                 break
-            feed = next_ids[:, None] if use_cache else tokens
-            logits = _head_logits(model, feed, cache, index, extra)
-        return tokens
+            feed = tokens[:, length - 1: length] if use_cache else tokens[:, :length]
+            logits = _head_logits(model, feed, cache, index, extra, check_inputs=False)  # our own samples
+        return tokens[:, :length]
     finally:
         model.train(was_training)
 
 
-def _head_logits(model, tokens, cache, index, extra) -> torch.Tensor:
+def _head_logits(model, tokens, cache, index, extra, check_inputs: bool = True) -> torch.Tensor:
     """Logits (B, V) of the last position only: the head never runs over the whole prompt."""
-    hidden = model.forward_features(tokens, cache=cache, **extra)  # (B, L, dim_model)
+    hidden = model.forward_features(tokens, cache=cache, check_inputs=check_inputs, **extra)  # (B, L, dim_model)
     return model.heads[index](hidden[:, -1:])[:, 0]
 
 

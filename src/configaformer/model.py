@@ -118,9 +118,11 @@ class Transformer(nn.Module):
 
     def forward_features(self, token_ids: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
                          context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
-                         cache: DecodeCache | None = None) -> torch.Tensor:
-        """The final hidden states (B, L, dim_model), after the final norm."""
-        token_ids = self._check_input(token_ids, padding_mask, cache)
+                         cache: DecodeCache | None = None, check_inputs: bool = True) -> torch.Tensor:
+        """The final hidden states (B, L, dim_model), after the final norm. check_inputs=False
+        skips the input checks, for callers whose ids are known good (generate's own samples)."""
+        if check_inputs:
+            token_ids = self._check_input(token_ids, padding_mask, cache)
         x = self.embedding(token_ids)  # (B, L, input_emb_size)
         if self.emb_proj is not None:
             x = self.emb_proj(x)  # (B, L, dim_model)
