@@ -18,3 +18,14 @@ FFN = {"type": "FFN", "ff_mult": 2}
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def assert_causal(model, length: int = 12, cut: int = 7, batch: int = 2):
+    """Changing the tokens from position `cut` on leaves every earlier logit unchanged, and does
+    change later ones (so the check is not vacuous)."""
+    ids = torch.randint(0, model.config.vocab_size, (batch, length))
+    changed = ids.clone()
+    changed[:, cut:] = torch.randint(0, model.config.vocab_size, (batch, length - cut))
+    (a,), (b,) = model(ids)[:1], model(changed)[:1]
+    torch.testing.assert_close(a[:, :cut], b[:, :cut], rtol=0, atol=1e-6)
+    assert not torch.allclose(a[:, cut:], b[:, cut:])
