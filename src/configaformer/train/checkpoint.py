@@ -5,7 +5,9 @@
         optimizer.safetensors               AdamW moments per parameter index
         state.json                          step, tokens, optimizer hyperparameters, loader position,
                                             best validation loss, the resolved run config
-        rng.safetensors                     torch (and CUDA) random states
+        rng.safetensors                     torch (and CUDA) random states; rank r's as `rank{r}.*`
+        deepspeed/                          DeepSpeed runs only: its partitioned optimizer state, in
+                                            its own format, instead of optimizer.safetensors
     RUN_DIR/checkpoints/latest              name of the newest complete checkpoint
     RUN_DIR/checkpoints/best                name of the one with the lowest validation loss
 
@@ -72,10 +74,8 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
 
 
 def staging_dir(run_dir: Path, step: int) -> Path:
-    """An empty directory every rank of a distributed run can write its part of a checkpoint into."""
-    path = run_dir / "checkpoints" / f".step_{step:07d}.staging"
-    shutil.rmtree(path, ignore_errors=True)  # left by a run killed while saving
-    return path
+    """Where every rank of a distributed run writes its part of a checkpoint (rank 0 empties it first)."""
+    return run_dir / "checkpoints" / f".step_{step:07d}.staging"
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, state: dict[str, Any], rng: dict[str, torch.Tensor],

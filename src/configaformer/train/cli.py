@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def cmd_train(args, overrides: list[str]) -> int:
     except TrainingError as err:
         print(f"configaformer: {err}", file=sys.stderr)
         return 1
-    print_summary(summary)
+    if os.environ.get("RANK", "0") == "0":  # one summary per run, not one per process
+        print_summary(summary)
     return 0 if not summary.stopped_by.startswith("interrupted") else 130
 
 

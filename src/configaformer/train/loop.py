@@ -17,6 +17,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -26,9 +27,10 @@ from ..config import resolve_config
 from ..data import BatchLoader, DataError, TokenDataset
 from ..errors import ConfigError, Problem
 from ..model import Transformer
+from ..parallel import make_engine
 from ..presets import preset_path
 from .baselines import compressor_bits_per_byte, eval_text_bytes
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint_state, restore_optimizer, save_checkpoint
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint_state
 from .config import RunConfig
 from .metrics import MetricsWriter
 from .objectives import IGNORE_INDEX, Example, causal_example, masked_example
@@ -94,14 +96,16 @@ def pick_precision(name: str, device: torch.device) -> str:
 
 
 class Trainer:
-    """One training run. Distributed engines (configaformer.parallel) subclass or wrap the hooks
-    `wrap_model`, `backward`, `is_main`, `rank`, `world_size`."""
+    """One training run, on one process or many: the engine (configaformer.parallel, picked by the
+    run's `distributed` section) is reached through the hooks `wrap_model`, `backward`,
+    `reduce_eval`, `save`, `is_main`, `rank`, `world_size`."""
 
     rank, world_size = 0, 1
 
     def __init__(self, run: RunConfig, resume: bool = False):
         self.run, self.cfg = run, run.train
         self.run_dir = Path(run.out_dir)
+        self.engine = make_engine(run)  # ConfigError for distributed settings this machine cannot run
         if run.train.num_threads:
             torch.set_num_threads(run.train.num_threads)
         self.device = pick_device(run.train.device)
@@ -122,11 +126,24 @@ class Trainer:
         self._check_settings()
         self.objective = self._objective()
         self.head_plan = self._head_plan()
-        torch.manual_seed(run.train.seed)
+        if not resume and latest_checkpoint(self.run_dir) is not None:  # every rank checks: none goes on alone
+            raise TrainingError(f"{self.run_dir} already holds a run; pass --resume to continue it, "
+                                f"or choose another out_dir")
+        self.device = self.engine.setup(self.device)  # joins the process group
+        self.rank, self.world_size = self.engine.rank, self.engine.world_size
+        try:
+            self._build(resume)
+        except BaseException:
+            self.engine.close()
+            raise
+
+    def _build(self, resume: bool) -> None:
+        run = self.run
+        torch.manual_seed(run.train.seed)  # the same initial weights on every rank
         self.model = Transformer(self.model_cfg).to(self.device)
         self.num_parameters = self.model.num_parameters()
-        self.optimizer = make_optimizer(self.model, run.train)
-        self.train_model = self.wrap_model(self.model)
+        freeze_untrained_heads(self.model, {i for i, _, _ in self.head_plan})
+        self.train_model, self.optimizer = self.wrap_model(self.model)
         self.loader = self._loader(run.data.train_split, "random")
         self.eval_loader = self._loader(run.data.eval_split, "sequential")
         self.byte_lengths = torch.from_numpy(self.dataset.tokenizer().token_byte_lengths()).float()
@@ -141,24 +158,23 @@ class Trainer:
         self.metrics = MetricsWriter(self.run_dir, enabled=self.is_main)
         if resume:
             self._resume()
-        elif self.is_main and latest_checkpoint(self.run_dir) is not None:
-            raise TrainingError(f"{self.run_dir} already holds a run; pass --resume to continue it, "
-                                f"or choose another out_dir")
 
     # -- hooks for distributed engines
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def wrap_model(self, model):
+    def wrap_model(self, model) -> tuple[Any, torch.optim.Optimizer]:
+        """(the module to train: checkpointed, wrapped by the engine, compiled; the optimizer)."""
         setting = self.cfg.activation_checkpointing
         if setting:
             layers = range(len(model.layers)) if setting is True else setting
             model.checkpoint_layers = frozenset(layers)
-        return torch.compile(model) if self.cfg.compile else model
+        train_model, optimizer = self.engine.prepare(model, lambda: make_optimizer(model, self.cfg))
+        return (torch.compile(train_model) if self.cfg.compile else train_model), optimizer
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        self.engine.backward(loss)
 
     # -- checks before the first step
     def _check_settings(self) -> None:
@@ -250,17 +266,17 @@ class Trainer:
         total = 0.0
         for micro in range(cfg.grad_accum):
             ex = self.example(next(self.loader), self.step * cfg.grad_accum + micro)
-            loss, _ = self.losses(model, ex)
-            self.backward(loss / cfg.grad_accum)
+            with self.engine.accumulating(skip_sync=micro < cfg.grad_accum - 1):
+                loss, _ = self.losses(model, ex)
+                self.backward(loss / cfg.grad_accum)
             total += float(loss.detach()) / cfg.grad_accum
+        total = self.engine.mean(total)  # over ranks: every rank logs, and stops on a NaN, alike
         if not math.isfinite(total):
             raise TrainingError(f"the loss became {total} at step {self.step + 1}; stopping. The last good checkpoint "
                                 f"is {latest_checkpoint(self.run_dir) or 'none (no checkpoint was written yet)'}. "
                                 f"Try a lower train.lr or train.grad_clip")
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         self._updating = True  # parameters change from here until the step is counted
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        norm = self.engine.update(self.model, self.optimizer, cfg.grad_clip)  # clip, step, zero the gradients
         self.step += 1
         self.tokens += self.tokens_per_step
         self._updating = False
@@ -295,19 +311,19 @@ class Trainer:
                 for j, (_, name, _) in enumerate(self.head_plan)}
 
     def reduce_eval(self, nats, count, byte_total):
-        return nats, count, byte_total
+        """Sums over ranks (each evaluated its share of the batches): every rank reports the same."""
+        total = self.engine.reduce_sum(torch.cat([nats, torch.tensor([count, byte_total], dtype=torch.float64)]))
+        return total[:-2], float(total[-2]), float(total[-1])
 
     # -- checkpoints
     def state(self) -> dict[str, Any]:
         return {"step": self.step, "tokens": self.tokens, "best_val": self.best_val,
                 "loader": self._boundary["loader"], "run": self.run.to_dict(),
-                "model_config": self.model_cfg.to_dict()}
+                "model_config": self.model_cfg.to_dict(), "distributed": self.engine.describe()}
 
     def save(self, best: bool = False) -> Path | None:
-        if not self.is_main:
-            return None
-        return save_checkpoint(self.run_dir, self.model, self.optimizer, self.state(), self._boundary["rng"],
-                               self.run.checkpoint.keep_last, best and self.run.checkpoint.keep_best)
+        """Every rank enters (gathering sharded state is collective); rank 0 writes."""
+        return self.engine.save(self, best)
 
     def _resume(self) -> None:
         path = latest_checkpoint(self.run_dir)
@@ -323,16 +339,18 @@ class Trainer:
                              if saved.get(k) != self.model_cfg.to_dict().get(k))
             raise TrainingError(f"--resume: the model config differs from the checkpoint's (changed: "
                                 f"{', '.join('model.' + c for c in changed)}); start a new out_dir instead")
-        from safetensors.torch import load_model
-
-        load_model(self.model, str(path / "model.safetensors"), device=str(self.device))
-        restore_optimizer(self.optimizer, optim, state["optimizer"])
+        try:
+            self.engine.load(self, path, state, optim)
+        except ValueError as err:
+            raise TrainingError(f"--resume: {err}") from None
         try:
             self.loader.load_state_dict(state["loader"])
         except ValueError as err:
             raise TrainingError(f"--resume: {err} (train.batch_size, train.seq_len, train.seed and data must "
                                 f"match the checkpoint)") from None
-        torch.set_rng_state(rng["torch"])
+        rng = self.engine.own_rng(rng)  # {} when the checkpoint had fewer ranks: keep this rank's seed
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
         if torch.cuda.is_available():
             cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
             if cuda:
@@ -383,8 +401,10 @@ class Trainer:
             if bar is not None:
                 bar.close()
                 bar = None
-            if self.step and not getattr(self, "_updating", False):
-                ckpt = self.save()
+            if self.step and not getattr(self, "_updating", False) and self.world_size == 1:
+                ckpt = self.save()  # several ranks stop at different points: they keep the last checkpoint
+            else:
+                ckpt = latest_checkpoint(self.run_dir)
             if self.is_main:
                 print(f"\ninterrupted after step {self.step}: checkpoint {ckpt}; continue with --resume")
         if bar is not None:
@@ -398,8 +418,17 @@ class Trainer:
         finished = self.is_main and stopped_by != "interrupted (Ctrl-C)"
         return Summary(self.run_dir, self.step, self.tokens, self.num_parameters, val,
                        (self.tokens - start_tokens) / max(elapsed, 1e-9), elapsed, ckpt, plot,
-                       self.sample() if finished else None, stopped_by,
-                       compressor_bits_per_byte(eval_text_bytes(self)) if finished else {})
+                       self.sample(ckpt) if finished else None, stopped_by,
+                       compressor_bits_per_byte(eval_text_bytes(self._all_ranks_eval())) if finished else {})
+
+    def _all_ranks_eval(self):
+        """What eval_text_bytes reads: the validation batches of all ranks together (one global batch
+        per step), so the compressors see the text the model was evaluated on."""
+        if self.world_size == 1:
+            return self
+        loader = BatchLoader(self.dataset.split(self.run.data.eval_split), self.cfg.batch_size * self.world_size,
+                             self.cfg.seq_len, mode="sequential", packing=self.run.data.packing)
+        return SimpleNamespace(eval_loader=loader, cfg=self.cfg, dataset=self.dataset)
 
     def _evaluate_and_log(self) -> dict[str, dict[str, float]]:
         val = self.evaluate()
@@ -414,8 +443,9 @@ class Trainer:
             self.best_val = loss
         return self.save(best=best)
 
-    def sample(self) -> str | None:
-        """A sample from the trained model, if it is causal and has a vocabulary head."""
+    def sample(self, checkpoint: Path | None = None) -> str | None:
+        """A sample from the trained model, if it is causal and has a vocabulary head (sharded
+        engines: from the consolidated checkpoint, so rank 0 generates alone)."""
         if self.objective != "causal" or self.run.sample.max_new_tokens == 0:
             return None
         tokenizer = self.dataset.tokenizer()
@@ -426,8 +456,9 @@ class Trainer:
         limit = self.model_cfg.max_seq_len
         new = self.run.sample.max_new_tokens if limit is None else min(self.run.sample.max_new_tokens, limit - ids.shape[1])
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
-        out = self.model.generate(ids, max(new, 0), temperature=self.run.sample.temperature, top_k=self.run.sample.top_k,
-                                  head=self.head_plan[0][0], generator=gen)
+        model = self.engine.sample_model(self.model, checkpoint)
+        out = model.generate(ids, max(new, 0), temperature=self.run.sample.temperature, top_k=self.run.sample.top_k,
+                             head=self.head_plan[0][0], generator=gen)
         return tokenizer.decode(out[0].tolist())
 
     def _progress(self):
@@ -454,6 +485,18 @@ class ProgressBar:
         self.progress.stop()
 
 
+def freeze_untrained_heads(model: Transformer, trained: set[int]) -> None:
+    """A head no objective trains (labels: none) gets no gradient: freeze its own weights, so that
+    no engine updates them (DeepSpeed's flat buffers would give them zero gradients and weight
+    decay) and DDP meets no unused parameters. Weights it shares (a tied embedding) stay trainable."""
+    used = {id(p) for name, child in model.named_children() if name != "heads" for p in child.parameters()}
+    used |= {id(p) for i, head in enumerate(model.heads) if i in trained for p in head.parameters()}
+    for i, head in enumerate(model.heads):
+        for p in head.parameters():
+            if i not in trained and id(p) not in used:
+                p.requires_grad_(False)
+
+
 def rng_state() -> dict[str, torch.Tensor]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -469,4 +512,8 @@ def memory_mib(device: torch.device) -> float:
 
 
 def train(run: RunConfig, resume: bool = False) -> Summary:
-    return Trainer(run, resume=resume).fit()
+    trainer = Trainer(run, resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.engine.close()
