@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from configaformer.data import PrepareOptions, prepare
+
 VOCAB = 50
 
 
@@ -29,3 +31,11 @@ def assert_causal(model, length: int = 12, cut: int = 7, batch: int = 2):
     (a,), (b,) = model(ids)[:1], model(changed)[:1]
     torch.testing.assert_close(a[:, :cut], b[:, :cut], rtol=0, atol=1e-6)
     assert not torch.allclose(a[:, cut:], b[:, cut:])
+
+
+@pytest.fixture(scope="session")
+def stdlib_data(tmp_path_factory):
+    """A small slice of the embedded python-stdlib corpus, prepared once for the session."""
+    out = tmp_path_factory.mktemp("data") / "stdlib"
+    prepare(out, PrepareOptions(sources=["python-stdlib"], max_bytes=400_000, val_fraction=0.1))
+    return out

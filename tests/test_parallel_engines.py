@@ -22,7 +22,6 @@ import torch
 
 import configaformer
 from configaformer import ConfigError
-from configaformer.data import PrepareOptions, prepare
 from configaformer.parallel import check_distributed, make_engine
 from configaformer.parallel.deepspeed_zero import deepspeed_config
 from configaformer.train import Trainer, TrainingError, load_run_config, train
@@ -38,12 +37,6 @@ MODEL = {"dim_model": 32, "vocab_size": 258, "dim_rope": 8,
                     {"type": "FFN", "ff_mult": 2, "share_weights_with": 1}]}
 GLOBAL_BATCH, SEQ_LEN = 8, 32
 
-
-@pytest.fixture(scope="session")
-def stdlib_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "stdlib"
-    prepare(out, PrepareOptions(sources=["python-stdlib"], max_bytes=400_000, val_fraction=0.1))
-    return out
 
 
 def run_config(data, out, distributed=None, **train_settings):

@@ -14,7 +14,6 @@ import torch
 
 import configaformer
 from configaformer import ConfigError
-from configaformer.data import PrepareOptions, prepare
 from configaformer.train import Trainer, TrainingError, load_run_config, train
 from configaformer.train.checkpoint import latest_checkpoint
 
@@ -23,13 +22,6 @@ TINY_MODEL = {"dim_model": 32, "vocab_size": 258, "dim_rope": 8,
               "layers": [{"type": "Attention", "num_heads": 4, "dropout": 0.1},
                          {"type": "FFN", "ff_mult": 2, "dropout": 0.1}] * 2}
 
-
-@pytest.fixture(scope="session")
-def stdlib_data(tmp_path_factory):
-    """A small slice of the embedded python-stdlib corpus, prepared once for the session."""
-    out = tmp_path_factory.mktemp("data") / "stdlib"
-    prepare(out, PrepareOptions(sources=["python-stdlib"], max_bytes=400_000, val_fraction=0.1))
-    return out
 
 
 def run_config(data, out, model=None, **train):

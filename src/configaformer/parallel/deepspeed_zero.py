@@ -43,7 +43,7 @@ OWNED_BY_RUN = {"optimizer": "train.lr, train.betas, train.eps, train.weight_dec
 
 
 def run_precision(run) -> str:
-    from ..train.loop import pick_device, pick_precision
+    from ..train.runtime import pick_device, pick_precision
 
     return pick_precision(run.train.precision, pick_device(run.train.device))
 

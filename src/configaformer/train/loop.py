@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,17 +26,14 @@ from ..data import BatchLoader, DataError, TokenDataset
 from ..errors import ConfigError, Problem
 from ..model import Transformer
 from ..parallel import make_engine
-from ..presets import preset_path
 from .baselines import compressor_bits_per_byte, eval_text_bytes
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint_state
 from .config import RunConfig
 from .metrics import MetricsWriter
 from .objectives import IGNORE_INDEX, Example, causal_example, masked_example
 from .optim import lr_at, make_optimizer
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or cannot go on; the message says why and what to change."""
+from .runtime import (ProgressBar, TrainingError, memory_mib, model_config_of, pick_device, pick_precision,
+                      rng_state)
 
 
 @dataclass
@@ -58,43 +53,6 @@ class Summary:
 
 
 # ---- setting up ----------------------------------------------------------------------------------
-def model_config_of(run: RunConfig) -> Any:
-    """The run's model section: an inline dict, a YAML/JSON path, or a preset name."""
-    if isinstance(run.model, dict):
-        return run.model
-    path = Path(run.model)
-    if path.is_file():
-        return path
-    preset = preset_path(run.model)
-    if preset is None:
-        raise ConfigError(Problem("model", f"{run.model!r} is neither a config file nor a preset name"))
-    return preset
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device is 'cuda' but no CUDA device is available")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise TrainingError("train.device is 'mps' but MPS is not available")
-    return torch.device(name)
-
-
-def pick_precision(name: str, device: torch.device) -> str:
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return "bf16"
-        return "fp32"
-    if name == "fp16" and device.type != "cuda":
-        raise TrainingError("train.precision fp16 needs a CUDA device (use bf16 or fp32)")
-    return name
-
-
 class Trainer:
     """One training run, on one process or many: the engine (configaformer.parallel, picked by the
     run's `distributed` section) is reached through the hooks `wrap_model`, `backward`,
@@ -467,24 +425,6 @@ class Trainer:
         return ProgressBar(self.total_steps, self.step)
 
 
-class ProgressBar:
-    """A rich progress bar with loss and tokens/s (stays quiet when output is not a terminal)."""
-
-    def __init__(self, total: int | None, done: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 TextColumn("{task.fields[info]}"), transient=False)
-        self.task = self.progress.add_task("train", total=total, completed=done, info="")
-        self.progress.start()
-
-    def update(self, loss: float, speed: float, step: int) -> None:
-        self.progress.update(self.task, completed=step, info=f"loss {loss:.3f}  {speed:,.0f} tok/s")
-
-    def close(self) -> None:
-        self.progress.stop()
-
-
 def freeze_untrained_heads(model: Transformer, trained: set[int]) -> None:
     """A head no objective trains (labels: none) gets no gradient: freeze its own weights, so that
     no engine updates them (DeepSpeed's flat buffers would give them zero gradients and weight
@@ -495,20 +435,6 @@ def freeze_untrained_heads(model: Transformer, trained: set[int]) -> None:
         for p in head.parameters():
             if i not in trained and id(p) not in used:
                 p.requires_grad_(False)
-
-
-def rng_state() -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    return state
-
-
-def memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    return peak / 1024 if os.name == "posix" else float("nan")
 
 
 def train(run: RunConfig, resume: bool = False) -> Summary:
