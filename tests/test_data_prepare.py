@@ -148,11 +148,11 @@ def test_interrupted_preparation_leaves_no_dataset_and_keeps_the_old_one(tmp_pat
     calls = {"n": 0}
     original = shards_module.SplitWriter.add
 
-    def add_then_interrupt(self, ids):
+    def add_then_interrupt(self, ids, label=-1):
         calls["n"] += 1
         if calls["n"] == 10:
             raise KeyboardInterrupt
-        original(self, ids)
+        original(self, ids, label)
 
     monkeypatch.setattr(shards_module.SplitWriter, "add", add_then_interrupt)
     with pytest.raises(KeyboardInterrupt):

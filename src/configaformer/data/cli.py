@@ -59,7 +59,7 @@ def cmd_prepare(args) -> int:
             separator=None if args.separator.lower() == "none" else args.separator,
             dedup=args.dedup, min_chars=parse_int("--min-chars", args.min_chars),
             max_bytes=None if args.max_bytes is None else parse_size("--max-bytes", args.max_bytes),
-            text_field=args.text_field, hf_split=args.hf_split,
+            text_field=args.text_field, hf_split=args.hf_split, label_field=args.label_field,
             shard_tokens=parse_size("--shard-tokens", args.shard_tokens),
             workers=parse_int("--workers", args.workers))
         manifest = prepare(args.out, options, overwrite=args.overwrite, show_progress=not args.quiet)
@@ -156,6 +156,8 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
     prep.add_argument("--min-chars", default="0", help="drop documents shorter than this (default 0)")
     prep.add_argument("--max-bytes", help="stop after this much document text, e.g. 2M (default: no cap)")
     prep.add_argument("--text-field", default="text", help="text field/column of jsonl, parquet, arrow, hf")
+    prep.add_argument("--label-field", default=None,
+                      help="integer label field/column per record (jsonl, parquet, arrow, hf), for classifier heads")
     prep.add_argument("--hf-split", help="the one split of a saved DatasetDict to read (default: all)")
     prep.add_argument("--shard-tokens", default="64Mi", help="tokens per shard file at most (default 64Mi)")
     prep.add_argument("--workers", default="1",

@@ -33,7 +33,7 @@ import torch
 
 from .errors import DataError
 from .manifest import check_vocab, read_manifest
-from .shards import INDEX_DTYPE
+from .shards import INDEX_DTYPE, LABEL_DTYPE
 from .tokenizer import PAD, TOKENIZER_FILE, ByteTokenizer, HFTokenizer
 
 MODES = ("random", "sequential")
@@ -58,6 +58,12 @@ class TokenSplit:
             doc_starts.append(offsets[1:] + starts[-1])
             starts.append(starts[-1] + shard["num_tokens"])
         self._shard_starts = np.asarray(starts, dtype=np.int64)  # (num_shards + 1,)
+        # Per-document labels (data prepare --label-field), or None; -1 marks a document without one.
+        self.doc_labels = None
+        self.num_label_classes = 0
+        if "labels" in info:
+            self.doc_labels = np.fromfile(directory / info["labels"]["file"], dtype=LABEL_DTYPE).astype(np.int64)
+            self.num_label_classes = info["labels"]["num_classes"]
         self.doc_starts = np.concatenate(doc_starts)               # (num_documents + 1,)
 
     def _shard(self, i: int) -> np.memmap:
@@ -122,6 +128,7 @@ class Batch:
     tokens: torch.Tensor        # (B, L + 1) int64 token ids
     doc_ids: torch.Tensor       # (B, L + 1) int64 document number within the split; -1 on padding
     padding_mask: torch.Tensor  # (B, L + 1) bool, True for real tokens
+    labels: torch.Tensor | None = None  # (B, L + 1) int64 label of each token's document; -1 = none
 
     @property
     def inputs(self) -> torch.Tensor:  # (B, L)
@@ -207,7 +214,10 @@ class BatchLoader:
             tokens[row, :length] = self.split.tokens(start, start + length)
             doc_ids[row, :length] = self.split.doc_index(start, start + length)
         doc_ids_t = torch.from_numpy(doc_ids)
-        return Batch(torch.from_numpy(tokens), doc_ids_t, doc_ids_t >= 0)
+        labels = None
+        if self.split.doc_labels is not None:
+            labels = torch.from_numpy(np.where(doc_ids >= 0, self.split.doc_labels[np.maximum(doc_ids, 0)], -1))
+        return Batch(torch.from_numpy(tokens), doc_ids_t, doc_ids_t >= 0, labels)
 
     def __iter__(self) -> "BatchLoader":
         return self

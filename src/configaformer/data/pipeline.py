@@ -51,6 +51,7 @@ class PrepareOptions:
     min_chars: int = 0                   # drop documents with fewer characters
     max_bytes: int | None = None         # stop reading after this many bytes of document text
     text_field: str = "text"             # jsonl / parquet / arrow / hf column
+    label_field: str | None = None       # jsonl / parquet / arrow / hf column of integer labels per record
     hf_split: str | None = None          # one split of a saved DatasetDict (None = all)
     shard_tokens: int = 1 << 26          # tokens per shard file (at most; documents are not cut)
     workers: int = 1                     # BPE/file tokenizing processes (never changes the output)
@@ -244,6 +245,8 @@ def prepare(out: str | Path, options: PrepareOptions | None = None, *, overwrite
 
     def fresh_sources() -> list[Source]:
         sources = [resolve_source(spec, opts.text_field, opts.hf_split) for spec in opts.sources]
+        for source in sources:
+            source.label_field = opts.label_field
         for source in sources:  # never read an earlier dataset written inside a source directory
             source.paths = [p for p in source.paths if not p.is_relative_to(out.resolve())]
         return sources
@@ -276,7 +279,8 @@ def prepare(out: str | Path, options: PrepareOptions | None = None, *, overwrite
             for chunk, ids, lengths in encoded(chunks):
                 starts = np.concatenate([[0], np.cumsum(lengths)])
                 for (split, doc), start, stop in zip(chunk, starts[:-1], starts[1:]):
-                    writers[split].add(np.concatenate([ids[start:stop], sep]) if len(sep) else ids[start:stop])
+                    writers[split].add(np.concatenate([ids[start:stop], sep]) if len(sep) else ids[start:stop],
+                                       doc.label)
                 bar.advance(sum(len(doc.text) for _, doc in chunk))
         splits = {split: writer.close() for split, writer in writers.items()}
         if splits["train"]["documents"] == 0:

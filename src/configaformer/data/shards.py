@@ -28,6 +28,9 @@ from .manifest import MANIFEST_FILE, read_manifest
 INDEX_DTYPE = np.dtype("<u8")
 
 
+LABEL_DTYPE = np.dtype("<i4")  # per-document labels, -1 = none
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
 
@@ -60,8 +63,9 @@ class SplitWriter:
         self.max_token_id = -1
         self._file: _HashedFile | None = None
         self._offsets: list[int] = []
+        self._labels: list[int] = []  # one per document, -1 = none
 
-    def add(self, ids: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, label: int = -1) -> None:
         if self._file is not None and self._offsets[-1] + len(ids) > self.shard_tokens:
             self._close_shard()
         if self._file is None:
@@ -71,6 +75,7 @@ class SplitWriter:
             self.max_token_id = max(self.max_token_id, int(ids.max()))
         self._file.write(np.ascontiguousarray(ids, dtype=self.dtype).tobytes())
         self._offsets.append(self._offsets[-1] + len(ids))
+        self._labels.append(label)
         self.documents += 1
         self.tokens += len(ids)
 
@@ -86,8 +91,14 @@ class SplitWriter:
     def close(self) -> dict:
         if self._file is not None:
             self._close_shard()
-        return {"documents": self.documents, "tokens": self.tokens, "max_token_id": self.max_token_id,
+        info = {"documents": self.documents, "tokens": self.tokens, "max_token_id": self.max_token_id,
                 "shards": self.shards}
+        if any(label >= 0 for label in self._labels):  # documents' labels, in document order
+            labels = _HashedFile(self.directory / f"{self.split}-labels.bin")
+            labels.write(np.asarray(self._labels, dtype=LABEL_DTYPE).tobytes())
+            info["labels"] = {"file": labels.path.name, "sha256": labels.close(),
+                              "num_classes": max(self._labels) + 1}
+        return info
 
 
 @contextmanager
@@ -140,6 +151,13 @@ def verify(dataset: str | Path) -> list[str]:
         elif _sha256_of(path) != tok["sha256"]:
             problems.append(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
     for split, info in manifest["splits"].items():
+        if "labels" in info:
+            path = directory / info["labels"]["file"]
+            size = info["documents"] * LABEL_DTYPE.itemsize
+            if not path.is_file():
+                problems.append(f"{path}: missing")
+            elif path.stat().st_size != size or _sha256_of(path) != info["labels"]["sha256"]:
+                problems.append(f"{path}: does not match the manifest (corrupt)")
         for shard in info["shards"]:
             for key, hash_key, size in (("tokens_file", "sha256", shard["num_tokens"] * itemsize),
                                         ("index_file", "index_sha256", (shard["num_documents"] + 1) * 8)):
@@ -158,5 +176,6 @@ def verify(dataset: str | Path) -> list[str]:
                                     f"{shard['num_tokens']}")
     known = {MANIFEST_FILE, tok.get("path")} | {s[k] for info in manifest["splits"].values()
                                                 for s in info["shards"] for k in ("tokens_file", "index_file")}
+    known |= {info["labels"]["file"] for info in manifest["splits"].values() if "labels" in info}
     problems += [f"{p}: not listed in the manifest" for p in sorted(directory.iterdir()) if p.name not in known]
     return problems

@@ -47,6 +47,7 @@ class Document:
     key: str                    # identity: decides the split, stable when other files are added
     text: str
     invalid_utf8: bool = False  # some bytes were not UTF-8 and became U+FFFD
+    label: int = -1             # the record's integer label (--label-field), -1 without one
 
 
 @dataclass
@@ -122,6 +123,7 @@ class Source:
     paths: list[Path] = field(default_factory=list)
     text_field: str = "text"
     hf_split: str | None = None
+    label_field: str | None = None  # integer label per record (--label-field)
     files: list[list] = field(default_factory=list)  # [relative path, bytes, sha256], as read
     documents: int = 0
 
@@ -144,6 +146,9 @@ class Source:
     def _read_file(self, path: Path, stats: ReadStats) -> Iterator[Document]:
         kind = _kind_of(path) if self.kind in ("files", STDLIB) else self.kind
         key = (STDLIB + "/" if self.kind == STDLIB else "") + self._rel(path)
+        if self.label_field is not None and kind == "text":
+            raise DataError(f"--label-field {self.label_field!r}: {path} is a text file; labels come from "
+                            f"jsonl, parquet, arrow or Hugging Face records")
         if kind == "text":
             raw = _read_bytes(path)
             self._record(path, len(raw), hashlib.sha256(raw).hexdigest(), stats)
@@ -158,10 +163,11 @@ class Source:
         if path.stat().st_size == 0:
             stats.empty_files += 1
             return
-        rows = _jsonl_rows(path, self.text_field) if kind == "jsonl" else _arrow_rows(path, kind, self.text_field)
-        for row, (value, bad) in enumerate(rows):
+        rows = (_jsonl_rows(path, self.text_field, self.label_field) if kind == "jsonl"
+                else _arrow_rows(path, kind, self.text_field, self.label_field))
+        for row, (value, bad, label) in enumerate(rows):
             self.documents += 1
-            yield Document(f"{key}#{row}", value, bad)
+            yield Document(f"{key}#{row}", value, bad, label)
 
     def _read_hf(self, stats: ReadStats) -> Iterator[Document]:
         for split_name, dataset in _hf_splits(self.root, self.hf_split, self.text_field):
@@ -171,17 +177,25 @@ class Source:
                     self._record(path, path.stat().st_size, _sha256_file(path), stats)
             prefix = f"{self.root.name}/{split_name}#" if split_name else f"{self.root.name}#"
             row = 0
-            for batch in dataset.select_columns([self.text_field]).iter(batch_size=_ROW_BATCH):
-                for value in batch[self.text_field]:
-                    text, bad = _value_text(value, f"{self.root} row {row}", self.text_field)
+            columns = [self.text_field] + ([self.label_field] if self.label_field else [])
+            missing = [c for c in columns if c not in dataset.column_names]
+            if missing:
+                raise DataError(f"{self.root}: no column {missing[0]!r} (columns: {', '.join(dataset.column_names)})")
+            for batch in dataset.select_columns(columns).iter(batch_size=_ROW_BATCH):
+                labels = batch[self.label_field] if self.label_field else [None] * len(batch[self.text_field])
+                for value, label in zip(batch[self.text_field], labels):
+                    where = f"{self.root} row {row}"
+                    text, bad = _value_text(value, where, self.text_field)
                     self.documents += 1
-                    yield Document(prefix + str(row), text, bad)
+                    yield Document(prefix + str(row), text, bad, _label(label, where, self.label_field))
                     row += 1
 
     def to_manifest(self) -> dict:
         entry = {"spec": self.spec, "kind": self.kind, "root": str(self.root)}
         if self.kind != STDLIB:
             entry["text_field"] = self.text_field
+        if self.label_field is not None:
+            entry["label_field"] = self.label_field
         if self.hf_split is not None:
             entry["hf_split"] = self.hf_split
         entry.update(documents=self.documents, files=self.files)
@@ -198,7 +212,16 @@ def _value_text(value, where: str, text_field: str) -> tuple[str, bool]:
     return _clean(value)
 
 
-def _jsonl_rows(path: Path, text_field: str) -> Iterator[tuple[str, bool]]:
+def _label(value, where: str, label_field: str | None) -> int:
+    """A record's label: a non-negative integer, or -1 when no label field is read."""
+    if label_field is None:
+        return -1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DataError(f"{where}: label field {label_field!r} holds {value!r}; labels are integers >= 0")
+    return value
+
+
+def _jsonl_rows(path: Path, text_field: str, label_field: str | None = None) -> Iterator[tuple[str, bool, int]]:
     try:
         f = open(path, "rb")
     except OSError as err:
@@ -212,12 +235,14 @@ def _jsonl_rows(path: Path, text_field: str) -> Iterator[tuple[str, bool]]:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict) or text_field not in record:
-                keys = ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
-                raise DataError(f"{path}:{lineno}: no field {text_field!r} (found: {keys}); "
-                                f"choose the field with --text-field")
+            for field_name, flag in ((text_field, "--text-field"), (label_field, "--label-field")):
+                if field_name is not None and (not isinstance(record, dict) or field_name not in record):
+                    keys = ", ".join(map(str, record)) if isinstance(record, dict) else type(record).__name__
+                    raise DataError(f"{path}:{lineno}: no field {field_name!r} (found: {keys}); "
+                                    f"choose the field with {flag}")
             text, bad_value = _value_text(record[text_field], f"{path}:{lineno}", text_field)
-            yield text, bad or bad_value
+            label = _label(record.get(label_field), f"{path}:{lineno}", label_field)
+            yield text, bad or bad_value, label
 
 
 def _import_pyarrow(what: str):
@@ -230,7 +255,7 @@ def _import_pyarrow(what: str):
     return pyarrow
 
 
-def _arrow_rows(path: Path, kind: str, text_field: str) -> Iterator[tuple[str, bool]]:
+def _arrow_rows(path: Path, kind: str, text_field: str, label_field: str | None = None) -> Iterator[tuple[str, bool, int]]:
     pa = _import_pyarrow(f"{kind} file {path}")
     try:
         if kind == "parquet":
@@ -248,15 +273,21 @@ def _arrow_rows(path: Path, kind: str, text_field: str) -> Iterator[tuple[str, b
             names = reader.schema.names
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"cannot read {path} as {kind}: {err}") from None
-    if text_field not in names:
-        raise DataError(f"{path}: no column {text_field!r} (columns: {', '.join(names)}); "
-                        f"choose the column with --text-field")
+    for field_name, flag in ((text_field, "--text-field"), (label_field, "--label-field")):
+        if field_name is not None and field_name not in names:
+            raise DataError(f"{path}: no column {field_name!r} (columns: {', '.join(names)}); "
+                            f"choose the column with {flag}")
+    columns = [text_field] + ([label_field] if label_field else [])
     if batches is None:
-        batches = parquet.iter_batches(batch_size=_ROW_BATCH, columns=[text_field])
+        batches = parquet.iter_batches(batch_size=_ROW_BATCH, columns=columns)
     row = 0
     for batch in batches:
-        for value in batch.column(batch.schema.get_field_index(text_field)).to_pylist():
-            yield _value_text(value, f"{path} row {row}", text_field)
+        texts = batch.column(batch.schema.get_field_index(text_field)).to_pylist()
+        labels = (batch.column(batch.schema.get_field_index(label_field)).to_pylist() if label_field
+                  else [None] * len(texts))
+        for value, label in zip(texts, labels):
+            where = f"{path} row {row}"
+            yield (*_value_text(value, where, text_field), _label(label, where, label_field))
             row += 1
 
 

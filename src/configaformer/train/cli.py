@@ -54,7 +54,10 @@ def print_summary(s) -> None:
     table.add_column(justify="left")
     for head, values in s.val.items():
         table.add_row(f"validation loss ({head})", f"{values['loss']:.4f} nats/token")
-        table.add_row(f"validation bits per byte ({head})", f"{values['bits_per_byte']:.3f}")
+        if "bits_per_byte" in values:
+            table.add_row(f"validation bits per byte ({head})", f"{values['bits_per_byte']:.3f}")
+        if "accuracy" in values:
+            table.add_row(f"validation accuracy ({head})", f"{values['accuracy']:.3f}")
     for name, bpb in getattr(s, "baselines", {}).items():
         table.add_row(f"{name} on the same text", f"{bpb:.3f} bits per byte")
     table.add_row("steps / tokens", f"{s.steps:,} / {s.tokens:,}")

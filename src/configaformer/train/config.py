@@ -71,9 +71,11 @@ class ObjectiveSection(RunModel):
 
 class HeadSection(RunModel):
     """How one classifier head is trained. `labels`: "lm" (the language-modelling objective; the
-    head's class count must equal the vocabulary) or "none" (left untrained)."""
+    head's class count must equal the vocabulary), "token" (every token predicts its document's
+    label, from `data prepare --label-field`), "sequence" (the last token of each sequence predicts
+    its document's label) or "none" (frozen, left untrained)."""
 
-    labels: Literal["lm", "none"] = "lm"
+    labels: Literal["lm", "token", "sequence", "none"] = "lm"
     loss_weight: NonNegativeFloat = 1.0
 
 

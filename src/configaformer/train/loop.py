@@ -158,8 +158,9 @@ class Trainer:
         return kind
 
     def _head_plan(self) -> list[tuple[int, str, float]]:
-        """(head index, name, loss weight) of every trained head."""
-        plan = []
+        """(head index, name, loss weight) of every trained head; `self.head_kinds[index]` says
+        what it is trained on ("lm", "token" or "sequence" labels)."""
+        plan, self.head_kinds = [], {}
         for i, head in enumerate(self.model_cfg.classifiers):
             section = self.run.heads.get(head.name)
             labels = section.labels if section else ("lm" if head.num_classes == self.model_cfg.vocab_size else "none")
@@ -167,12 +168,29 @@ class Trainer:
                 raise ConfigError(Problem(f"heads.{head.name}.labels", f"the language-modelling objective needs "
                                           f"num_classes == vocab_size ({self.model_cfg.vocab_size}), "
                                           f"got {head.num_classes}"))
-            if labels == "lm":
+            if labels in ("token", "sequence"):
+                self._check_label_head(head, labels)
+            if labels != "none":
                 plan.append((i, head.name, section.loss_weight if section else 1.0))
+                self.head_kinds[i] = labels
         if not plan:
             raise ConfigError(Problem("heads", "no head is trained: give the model a classifier of vocab_size "
                                                "classes, or set heads.NAME.labels: lm"))
         return plan
+
+    def _check_label_head(self, head, labels: str) -> None:
+        path = f"heads.{head.name}.labels"
+        for name in (self.run.data.train_split, self.run.data.eval_split):
+            try:
+                split = self.dataset.split(name)
+            except DataError as err:
+                raise TrainingError(f"data: {err}") from None
+            if split.doc_labels is None:
+                raise ConfigError(Problem(path, f"{labels!r} labels come from the dataset, but split {name!r} of "
+                                                f"{self.run.data.path} has none: prepare it with --label-field"))
+            if split.num_label_classes > head.num_classes:
+                raise ConfigError(Problem(path, f"split {name!r} has labels up to {split.num_label_classes - 1}, "
+                                                f"more than the head's {head.num_classes} classes"))
 
     def _loader(self, split: str, mode: str) -> BatchLoader:
         key = "data.train_split" if mode == "random" else "data.eval_split"
@@ -201,12 +219,12 @@ class Trainer:
     def losses(self, model, ex: Example) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(weighted total loss, per-head mean losses) for one example batch."""
         inputs = ex.inputs.to(self.device, non_blocking=True)
-        targets = ex.targets.to(self.device, non_blocking=True)
         mask = None if ex.padding_mask is None else ex.padding_mask.to(self.device)
         with self.autocast():
             outputs = model(inputs, padding_mask=mask)
-        per_head = [F.cross_entropy(outputs[i].float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
-                    for i, _, _ in self.head_plan]
+        per_head = [F.cross_entropy(outputs[i].float().flatten(0, 1),
+                                    ex.head_targets(self.head_kinds[i]).to(self.device).flatten(),
+                                    ignore_index=IGNORE_INDEX) for i, _, _ in self.head_plan]
         total = sum(w * loss for (_, _, w), loss in zip(self.head_plan, per_head))
         return total, per_head
 
@@ -243,35 +261,45 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, dict[str, float]]:
-        """Mean loss (nats per predicted token) and bits per byte on the first eval_batches
-        validation batches, per trained head."""
+        """Per trained head, on the first eval_batches validation batches: mean loss (nats per
+        predicted token); bits per byte for language-modelling heads, accuracy for label heads."""
         model = self.train_model
         model.eval()
-        nats = torch.zeros(len(self.head_plan), dtype=torch.float64)
-        count = byte_total = 0.0
+        heads = len(self.head_plan)
+        nats, counts, hits = (torch.zeros(heads, dtype=torch.float64) for _ in range(3))
+        byte_total = 0.0
         steps = min(self.cfg.eval_batches, self.eval_loader.steps_per_epoch)
         for i in range(steps):
             ex = self.example(self.eval_loader.batch_at(0, i), -1 - i)
-            inputs, targets = ex.inputs.to(self.device), ex.targets.to(self.device)
+            inputs = ex.inputs.to(self.device)
             mask = None if ex.padding_mask is None else ex.padding_mask.to(self.device)
             with self.autocast():
                 outputs = model(inputs, padding_mask=mask)
-            valid = targets != IGNORE_INDEX
             for j, (head, _, _) in enumerate(self.head_plan):
-                loss = F.cross_entropy(outputs[head].float().flatten(0, 1), targets.flatten(),
-                                       ignore_index=IGNORE_INDEX, reduction="sum")
-                nats[j] += float(loss)
-            count += float(valid.sum())
-            byte_total += float(self.byte_lengths[targets[valid].cpu()].sum())
-        nats, count, byte_total = self.reduce_eval(nats, count, byte_total)
-        return {name: {"loss": float(nats[j]) / max(count, 1),
-                       "bits_per_byte": float(nats[j]) / math.log(2) / max(byte_total, 1)}
-                for j, (_, name, _) in enumerate(self.head_plan)}
+                targets = ex.head_targets(self.head_kinds[head]).to(self.device)
+                logits, valid = outputs[head].float(), targets != IGNORE_INDEX
+                nats[j] += float(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                                                 reduction="sum"))
+                counts[j] += float(valid.sum())
+                hits[j] += float((logits.argmax(-1) == targets)[valid].sum())
+            lm_targets = ex.targets[ex.targets != IGNORE_INDEX]
+            byte_total += float(self.byte_lengths[lm_targets.cpu()].sum())
+        nats, counts, hits, byte_total = self.reduce_eval(nats, counts, hits, byte_total)
+        results = {}
+        for j, (head, name, _) in enumerate(self.head_plan):
+            values = {"loss": float(nats[j]) / max(float(counts[j]), 1)}
+            if self.head_kinds[head] == "lm":
+                values["bits_per_byte"] = float(nats[j]) / math.log(2) / max(byte_total, 1)
+            else:
+                values["accuracy"] = float(hits[j]) / max(float(counts[j]), 1)
+            results[name] = values
+        return results
 
-    def reduce_eval(self, nats, count, byte_total):
+    def reduce_eval(self, nats, counts, hits, byte_total):
         """Sums over ranks (each evaluated its share of the batches): every rank reports the same."""
-        total = self.engine.reduce_sum(torch.cat([nats, torch.tensor([count, byte_total], dtype=torch.float64)]))
-        return total[:-2], float(total[-2]), float(total[-1])
+        n = len(nats)
+        total = self.engine.reduce_sum(torch.cat([nats, counts, hits, torch.tensor([byte_total], dtype=torch.float64)]))
+        return total[:n], total[n:2 * n], total[2 * n:3 * n], float(total[-1])
 
     # -- checkpoints
     def state(self) -> dict[str, Any]:
