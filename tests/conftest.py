@@ -33,6 +33,19 @@ def assert_causal(model, length: int = 12, cut: int = 7, batch: int = 2):
     assert not torch.allclose(a[:, cut:], b[:, cut:])
 
 
+def assert_padding_invariant(model, length: int, pad: int, side: str, rtol: float = 1e-5, atol: float = 1e-5):
+    """Padding `length` real tokens with `pad` pad tokens (id 0) on `side`, with the padding mask,
+    leaves the real tokens' logits as without padding. Returns (padded ids, logits with padding)."""
+    ids = torch.randint(1, model.config.vocab_size, (1, length))
+    zeros = torch.zeros(1, pad, dtype=torch.long)
+    padded = torch.cat([ids, zeros] if side == "right" else [zeros, ids], dim=1)
+    mask = padded != 0
+    (plain,) = model(ids)[:1]
+    (with_pad,) = model(padded, padding_mask=mask)[:1]
+    torch.testing.assert_close(with_pad[mask].view(1, length, -1), plain, rtol=rtol, atol=atol)
+    return padded, with_pad
+
+
 @pytest.fixture(scope="session")
 def stdlib_data(tmp_path_factory):
     """A small slice of the embedded python-stdlib corpus, prepared once for the session."""

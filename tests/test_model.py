@@ -8,7 +8,7 @@ import torch
 import configaformer
 from configaformer import Transformer
 
-from .conftest import ATTN, FFN, VOCAB, tiny
+from .conftest import ATTN, FFN, VOCAB, assert_padding_invariant, tiny
 from .test_attention import RICH_LAYERS
 
 
@@ -160,13 +160,7 @@ def test_absolute_positions_are_added_after_the_embedding(kind):
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_absolute_positions_count_real_tokens_so_padding_changes_nothing(kind, side):
     model = Transformer(tiny([NO_ROPE, FFN, NO_ROPE], abs_pos_emb=kind, max_seq_len=16, dim_rope=0)).eval()
-    ids = torch.randint(1, VOCAB, (1, 6))
-    pad = torch.zeros(1, 5, dtype=torch.long)
-    padded = torch.cat([pad, ids] if side == "left" else [ids, pad], dim=1)
-    mask = padded != 0
-    (plain,) = model(ids)
-    (with_pad,) = model(padded, padding_mask=mask)
-    torch.testing.assert_close(with_pad[mask].view(1, 6, -1), plain, rtol=1e-5, atol=1e-5)
+    assert_padding_invariant(model, 6, 5, side)
 
 
 @pytest.mark.parametrize("head_type", ["ffn", "linear", "tied"])
