@@ -75,3 +75,14 @@ def test_model_without_heads_is_a_trunk():
     model = configaformer.Transformer(tiny([ATTN], classifiers=[]))
     ids = torch.randint(0, VOCAB, (1, 4))
     assert model(ids) == () and model.forward_features(ids).shape == (1, 4, 32)
+
+
+def test_encoder_decoder_compiles_without_graph_breaks():
+    model = encdec()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    src, tgt = torch.randint(1, VOCAB, (2, 6)), torch.randint(0, VOCAB, (2, 5))
+    src_mask = torch.ones_like(src, dtype=torch.bool)
+    src_mask[0, -2:] = False
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(src, tgt, src_padding_mask=src_mask)[0],
+                                   model(src, tgt, src_padding_mask=src_mask)[0])

@@ -35,3 +35,26 @@ def test_llama_preset_is_what_it_says():
     attn, ffn = cfg.layers[0], cfg.layers[1]
     assert cfg.norm_type == "rmsnorm" and attn.num_kv_heads < attn.num_heads and attn.dim_rope == attn.dim_head
     assert not attn.bias_bool and not ffn.bias_bool and ffn.activation == "silu" and ffn.num_projections == 2
+
+
+def test_llama_hidden_width_is_eight_thirds_rounded_up_to_16():
+    cfg = configaformer.resolve_config(preset_path("llama"))
+    hidden = round(cfg.layers[1].ff_mult * cfg.dim_model)
+    assert hidden == -(-8 * cfg.dim_model // 3 // 16) * 16 == 688
+
+
+def test_gmlp_preset_trains_on_byte_level_data():
+    from configaformer.data.tokenizer import ByteTokenizer
+
+    cfg = configaformer.resolve_config(preset_path("gmlp"))
+    assert cfg.vocab_size == ByteTokenizer().vocab_size == cfg.classifiers[0].num_classes
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_preset_compiles_without_graph_breaks(name):
+    model = configaformer.Transformer(preset_path(name)).eval()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    ids = torch.randint(0, model.config.vocab_size, (1, 8))
+    with torch.no_grad():
+        for got, want in zip(compiled(ids), model(ids)):
+            torch.testing.assert_close(got, want)
