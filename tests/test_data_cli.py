@@ -10,7 +10,7 @@ from configaformer.cli import main
 from configaformer.data import verify
 from configaformer.data.cli import parse_size
 
-from .test_data_prepare import write_corpus
+from .test_data_prepare import write_corpus, write_long_text
 
 
 @pytest.fixture
@@ -70,6 +70,7 @@ def test_verify_reports_missing_truncated_and_stray_files(prepared):
     (["--val-fraction", "half"], "--val-fraction: expected a number, got 'half'"),
     (["--max-bytes", "lots"], "--max-bytes: expected a size such as 2000000, 500K or 2M, got 'lots'"),
     (["--shard-tokens", "0"], "--shard-tokens must be >= 1, got 0"),
+    (["--split-piece-chars", "0"], "--split-piece-chars must be an integer >= 1, got 0"),
     (["--tokenizer", "bpe", "--vocab-size", "10"], "--vocab-size must be in [258, 2**32] for BPE, got 10"),
     (["--source", "/no/such/path"], "source not found: /no/such/path"),
     (["--source", "/no/such/*.txt"], "--source '/no/such/*.txt': no files match this glob"),
@@ -80,6 +81,18 @@ def test_bad_prepare_flags_give_one_line_and_exit_2(tmp_path, capsys, argv, mess
     err = capsys.readouterr().err
     assert code == 2 and err == f"configaformer: {message}\n"
     assert not (tmp_path / "ds").exists()
+
+
+def test_one_text_file_gets_a_val_split_or_a_one_line_error_naming_val_fraction(tmp_path, capsys):
+    source = str(write_long_text(tmp_path / "input.txt", 100_000))
+    argv = ["data", "prepare", "--source", source, "--out", str(tmp_path / "ds")]
+    assert main(argv + ["--quiet"]) == 2  # 100,000 characters at 0.05 are fewer than 16Ki / 0.05: not cut, not drawn
+    err = capsys.readouterr().err
+    assert err.startswith("configaformer: --val-fraction 0.05 gives an empty validation split") and err.count("\n") == 1
+    assert not (tmp_path / "ds").exists()
+    assert main(argv + ["--split-piece-chars", "4Ki"]) == 0
+    out = capsys.readouterr().out
+    assert ", val " in out and " in 0 documents" not in out and "1 long document(s) split by pieces" in out
 
 
 def test_info_and_verify_of_a_non_dataset_exit_2(tmp_path, capsys):

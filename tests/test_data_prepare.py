@@ -15,6 +15,7 @@ import pytest
 
 from configaformer.data import DataError, PrepareOptions, TokenDataset, prepare, read_manifest, split_of
 from configaformer.data import pipeline as prepare_module
+from configaformer.data.pipeline import cut_pieces, piece_splits
 from configaformer.data import shards as shards_module
 from configaformer.data.tokenizer import EOT
 
@@ -30,6 +31,17 @@ def write_corpus(root: Path, count: int = 40, prefix: str = "doc") -> Path:
 
 def opts(sources, **kw) -> PrepareOptions:
     return PrepareOptions(sources=[str(s) for s in sources], **kw)
+
+
+def write_long_text(path: Path, chars: int, seed: int = 0) -> Path:
+    """One plain-text document of about `chars` characters in lines of 10-80, all distinct."""
+    rng = np.random.default_rng(seed)
+    lines, size = [], 0
+    while size < chars:
+        lines.append(f"{len(lines)} " + "".join(rng.choice(list("abcdefgh "), int(rng.integers(8, 78)))) + "\n")
+        size += len(lines[-1])
+    path.write_text("".join(lines))
+    return path
 
 
 def read_split_texts(directory: Path, split: str) -> list[str]:
@@ -69,6 +81,83 @@ def test_split_fraction_is_close_and_adding_files_moves_nothing(tmp_path):
         assert set(before) <= set(after) and len(after) > len(before)
 
 
+def test_pieces_take_floor_or_ceil_of_their_share_and_a_whole_document_keeps_its_old_split():
+    old_rule = [int.from_bytes(hashlib.sha256(b"configaformer-split-v1:" + f"d{i}".encode()).digest()[:8], "big")
+                < 0.1 * 2.0 ** 64 for i in range(2000)]  # the rule datasets were prepared with before pieces
+    assert [piece_splits(f"d{i}", 0.1)[0] == "val" for i in range(2000)] == old_rule
+    for fraction in (0.01, 0.05, 0.3, 0.7):
+        for n in (1, 7, 50, 333):
+            splits = piece_splits(f"doc{n}", fraction, n)
+            share = splits.count("val")
+            assert int(n * fraction) <= share <= -int(-n * fraction // 1)  # floor(n f) .. ceil(n f)
+            assert splits[: n // 2] == piece_splits(f"doc{n}", fraction, n // 2)  # appending moves no piece
+            assert piece_splits(f"doc{n}", 0.0, n) == ["train"] * n
+
+
+def test_cut_pieces_end_at_line_ends_and_join_back():
+    text = "one\ntwo two\n" + "x" * 25 + "\nlast line without end"
+    pieces = cut_pieces(text, 10)
+    assert "".join(pieces) == text and all(len(piece) <= 10 for piece in pieces)
+    assert pieces[:3] == ["one\n", "two two\n", "x" * 10]  # a line longer than a piece is cut inside
+    assert cut_pieces("short", 10) == ["short"]
+
+
+def test_one_text_file_gets_a_val_split_of_about_the_fraction(tmp_path):
+    text = write_long_text(tmp_path / "input.txt", 200_000).read_text()
+    manifest = prepare(tmp_path / "ds", opts([tmp_path / "input.txt"], val_fraction=0.1, split_piece_chars=2000))
+    train, val = read_split_texts(tmp_path / "ds", "train"), read_split_texts(tmp_path / "ds", "val")
+    share = sum(map(len, val)) / len(text)
+    assert 0.09 < share < 0.11, share  # ~100 pieces of <= 2000 characters: 10 of them, +-1
+    assert manifest["stats"]["documents_cut"] == 1 and manifest["stats"]["documents_kept"] == 1
+    assert manifest["settings"]["split_piece_chars"] == 2000 and "split_piece_chars" in manifest["split_rule"]
+    pos = 0  # the runs of pieces tile the document, in order, alternating splits, cut at line ends
+    while pos < len(text):
+        run = next(r for r in (train[:1] + val[:1]) if text.startswith(r, pos))
+        (train if train[:1] == [run] else val).pop(0)
+        assert run.endswith("\n")
+        pos += len(run)
+    assert train == val == []
+    (tmp_path / "other.txt").write_text("another document\n")  # adding a file moves no piece
+    prepare(tmp_path / "ds2", opts([tmp_path / "input.txt", tmp_path / "other.txt"], val_fraction=0.1,
+                                   split_piece_chars=2000))
+    assert set(read_split_texts(tmp_path / "ds", "val")) <= set(read_split_texts(tmp_path / "ds2", "val"))
+
+
+def test_pieces_of_a_labelled_record_keep_its_label(tmp_path):
+    long_text = write_long_text(tmp_path / "long.txt", 20_000).read_text()
+    records = [{"text": long_text, "label": 3}] + [{"text": f"short {i}\n", "label": i % 2} for i in range(30)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    manifest = prepare(tmp_path / "ds", opts([tmp_path / "rows.jsonl"], label_field="label", val_fraction=0.2,
+                                             split_piece_chars=1000))
+    assert manifest["stats"]["documents_cut"] == 1
+    dataset = TokenDataset(tmp_path / "ds")
+    label_of = {r["text"]: r["label"] for r in records}
+    for split in ("train", "val"):
+        labels = dataset.split(split).doc_labels.tolist()
+        texts = read_split_texts(tmp_path / "ds", split)
+        assert labels == [3 if text in long_text else label_of[text] for text in texts]
+        assert any(text in long_text for text in texts)  # the long record has pieces in both splits
+
+
+def test_an_empty_val_split_is_an_error_naming_val_fraction_and_its_fixes_work(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("a short document\n")
+    write_long_text(corpus / "long.txt", 40_000)
+    assert split_of("a.txt", 0.05) == split_of("long.txt", 0.05) == "train"  # neither drawn whole
+    with pytest.raises(DataError, match=r"--val-fraction 0.05 gives an empty validation split") as err:
+        prepare(tmp_path / "ds", opts([corpus]))
+    assert not (tmp_path / "ds").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
+    message = str(err.value)
+    fraction = float(message.split("raise --val-fraction to ")[1].split()[0])
+    piece = int(message.split("lower --split-piece-chars to ")[1].split()[0].replace(",", ""))
+    assert "pass --val-fraction 0 for no validation split" in message
+    for fix in (dict(val_fraction=fraction), dict(split_piece_chars=piece)):
+        manifest = prepare(tmp_path / "ds", opts([corpus], **fix), overwrite=True)
+        assert manifest["splits"]["val"]["documents"] > 0 and manifest["stats"]["documents_cut"] == 1
+    assert prepare(tmp_path / "ds", opts([corpus], val_fraction=0.0), overwrite=True)["splits"]["val"]["tokens"] == 0
+
+
 def test_dedup_min_chars_empty_and_invalid_utf8_are_counted(tmp_path):
     corpus = tmp_path / "c"
     corpus.mkdir()
@@ -92,11 +181,13 @@ def test_dedup_min_chars_empty_and_invalid_utf8_are_counted(tmp_path):
 def test_reruns_and_worker_counts_give_byte_identical_datasets(tmp_path, monkeypatch, tokenizer):
     monkeypatch.setattr(prepare_module, "_CHUNK_CHARS", 100)  # many small tasks, so workers interleave
     corpus = write_corpus(tmp_path / "corpus", 60)
-    settings = dict(val_fraction=0.2, tokenizer=tokenizer, vocab_size=300, shard_tokens=500)
+    write_long_text(corpus / "long.txt", 3000)  # split by pieces: 0.2 * 3000 >= 200
+    settings = dict(val_fraction=0.2, tokenizer=tokenizer, vocab_size=300, shard_tokens=500, split_piece_chars=200)
     prepare(tmp_path / "one", opts([corpus], workers=1, **settings))
     prepare(tmp_path / "again", opts([corpus], workers=1, **settings))
     prepare(tmp_path / "two", opts([corpus], workers=2, **settings))
     first = dir_bytes(tmp_path / "one")
+    assert json.loads(first["manifest.json"])["stats"]["documents_cut"] == 1
     assert sum(name.endswith(".bin") for name in first) > 2  # several shards, documents never cut
     assert dir_bytes(tmp_path / "again") == first == dir_bytes(tmp_path / "two")
 

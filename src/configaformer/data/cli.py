@@ -56,6 +56,7 @@ def cmd_prepare(args) -> int:
             bpe_train_bytes=None if args.bpe_train_bytes is None else parse_size("--bpe-train-bytes",
                                                                                  args.bpe_train_bytes),
             val_fraction=parse_float("--val-fraction", args.val_fraction),
+            split_piece_chars=parse_size("--split-piece-chars", args.split_piece_chars),
             separator=None if args.separator.lower() == "none" else args.separator,
             dedup=args.dedup, min_chars=parse_int("--min-chars", args.min_chars),
             max_bytes=None if args.max_bytes is None else parse_size("--max-bytes", args.max_bytes),
@@ -71,7 +72,8 @@ def cmd_prepare(args) -> int:
         splits = manifest["splits"]
         print(f"prepared {args.out}: " + ", ".join(f"{name} {info['tokens']:,} tokens in {info['documents']:,} "
                                                     f"documents" for name, info in splits.items())
-              + f"; vocab_size {manifest['tokenizer']['vocab_size']:,} ({manifest['tokenizer']['kind']})")
+              + f"; vocab_size {manifest['tokenizer']['vocab_size']:,} ({manifest['tokenizer']['kind']})"
+              + (f"; {cut:,} long document(s) split by pieces" if (cut := manifest["stats"]["documents_cut"]) else ""))
     return 0
 
 
@@ -149,7 +151,11 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
     prep.add_argument("--tokenizer", default="byte", help="byte (default), bpe, or a path to a tokenizer.json")
     prep.add_argument("--vocab-size", default="8192", help="BPE vocabulary size (default 8192)")
     prep.add_argument("--bpe-train-bytes", help="train the BPE on at most this much text, e.g. 50M (default: all)")
-    prep.add_argument("--val-fraction", default="0.05", help="share of documents in the val split (default 0.05)")
+    prep.add_argument("--val-fraction", default="0.05",
+                      help="share of the text in the val split, drawn by document (default 0.05; 0: no val split)")
+    prep.add_argument("--split-piece-chars", default="16Ki",
+                      help="a document of at least this / --val-fraction characters is split by pieces of at "
+                           "most this many characters, cut at line ends (default 16Ki; docs/data-splits.md)")
     prep.add_argument("--separator", default="<|endoftext|>",
                       help="special token appended to every document, or 'none' (default <|endoftext|>)")
     prep.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep exact duplicate documents")

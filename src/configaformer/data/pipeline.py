@@ -1,7 +1,8 @@
 """`prepare`: raw sources -> a dataset directory of token shards and a manifest.
 
     read documents (sources, in order) -> skip empty / too short / exact duplicates
-      -> split by a hash of each document's key -> [train a BPE on the train documents]
+      -> split by a hash of each document's key (a long document: of its pieces, `piece_splits`)
+      -> [train a BPE on the train documents]
       -> tokenize (in worker processes, results kept in document order) -> append the separator
       -> shards of the train and val splits -> manifest.json, last
 
@@ -13,12 +14,15 @@ whatever the number of workers.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
 import multiprocessing
 import os
 import shutil
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
@@ -33,6 +37,9 @@ from .tokenizer import (EOT, MIN_BPE_VOCAB, PAD, TOKENIZER_FILE, ByteTokenizer, 
                         train_bpe)
 
 _SPLIT_SALT = b"configaformer-split-v1:"
+SPLIT_RULE = ("sha256 of the document key; a document of at least split_piece_chars / val_fraction characters is "
+              "cut at line ends into pieces of at most split_piece_chars, every 1/val_fraction-th piece (from an "
+              "offset set by the hash) to val; docs/data-splits.md")
 _CHUNK_CHARS = 1 << 18   # text per worker task
 _IN_FLIGHT = 3           # tasks queued per worker: bounded memory, workers never starve
 
@@ -46,6 +53,7 @@ class PrepareOptions:
     vocab_size: int = 8192               # bpe only
     bpe_train_bytes: int | None = None   # bpe only: train on at most this much text (None = all)
     val_fraction: float = 0.05
+    split_piece_chars: int = 16384       # a long document is split in pieces of at most this (see piece_splits)
     separator: str | None = EOT          # special token appended to every document; None = none
     dedup: bool = True                   # drop exact duplicate documents (first one kept)
     min_chars: int = 0                   # drop documents with fewer characters
@@ -65,6 +73,8 @@ class PrepareOptions:
         need(isinstance(self.workers, int) and 1 <= self.workers <= 256, "--workers", "an integer in [1, 256]",
              self.workers)
         need(0.0 <= self.val_fraction < 1.0, "--val-fraction", "in [0, 1)", self.val_fraction)
+        need(isinstance(self.split_piece_chars, int) and self.split_piece_chars >= 1, "--split-piece-chars",
+             "an integer >= 1", self.split_piece_chars)
         need(self.min_chars >= 0, "--min-chars", ">= 0", self.min_chars)
         need(self.shard_tokens >= 1, "--shard-tokens", ">= 1", self.shard_tokens)
         need(self.max_bytes is None or self.max_bytes >= 1, "--max-bytes", ">= 1", self.max_bytes)
@@ -83,10 +93,62 @@ class PrepareOptions:
         return settings
 
 
-def split_of(key: str, val_fraction: float) -> str:
-    """'val' or 'train' for a document key: a fixed hash, so a document keeps its split forever."""
+def piece_splits(key: str, val_fraction: float, num_pieces: int = 1) -> list[str]:
+    """'val' or 'train' for each of a document's `num_pieces` consecutive pieces.
+
+    Systematic sampling with a start drawn from the key: with u = sha256(key) as a number in [0, 1),
+    piece i goes to val when u + i * val_fraction passes an integer, i.e. when
+    floor(u + i * f) > floor(u + (i - 1) * f). So a document of n pieces gives val floor(n * f) or
+    ceil(n * f) pieces, evenly spaced through it; a whole document (n = 1) goes to val when u < f.
+    Everything depends on the key and the piece index only: adding documents, or text at a
+    document's end, moves no piece. Exact integer arithmetic: the same on every machine.
+    """
     digest = hashlib.sha256(_SPLIT_SALT + key.encode("utf-8", "surrogatepass")).digest()
-    return "val" if int.from_bytes(digest[:8], "big") < val_fraction * 2.0 ** 64 else "train"
+    start = int.from_bytes(digest[:8], "big")  # u * 2**64
+    step = Fraction(val_fraction) * 2 ** 64    # f * 2**64, exactly
+    scale = step.denominator << 64
+
+    def crossed(i: int) -> int:  # floor(u + i * f), in integers
+        return (start * step.denominator + i * step.numerator) // scale
+
+    return ["val" if crossed(i) > crossed(i - 1) else "train" for i in range(num_pieces)]
+
+
+def split_of(key: str, val_fraction: float) -> str:
+    """'val' or 'train' for a whole document: a fixed hash of its key, so it keeps its split forever."""
+    return piece_splits(key, val_fraction)[0]
+
+
+def cut_threshold(opts: PrepareOptions) -> float:
+    """Documents of at least this many characters are cut into pieces for the split (inf: none)."""
+    return opts.split_piece_chars / opts.val_fraction if opts.val_fraction > 0 else float("inf")
+
+
+def cut_pieces(text: str, piece_chars: int) -> list[str]:
+    """`text` in consecutive pieces of at most `piece_chars` characters, each ending at a line end
+    (after its last newline) where it holds one; they join back to `text`."""
+    pieces, start = [], 0
+    while len(text) - start > piece_chars:
+        end = text.rfind("\n", start, start + piece_chars) + 1
+        end = end if end > start else start + piece_chars
+        pieces.append(text[start:end])
+        start = end
+    pieces.append(text[start:])
+    return pieces
+
+
+def _split_document(doc: Document, opts: PrepareOptions, counts: _Counts) -> Iterator[tuple[str, Document]]:
+    """(split, document) for a kept document: itself, or, when it is long enough to give val a piece of
+    its own, the runs of its consecutive pieces that share a split (each stored as one document)."""
+    if len(doc.text) < cut_threshold(opts):
+        yield split_of(doc.key, opts.val_fraction), doc
+        return
+    counts.documents_cut += 1
+    pieces = cut_pieces(doc.text, opts.split_piece_chars)
+    runs = itertools.groupby(zip(piece_splits(doc.key, opts.val_fraction, len(pieces)), pieces),
+                             key=lambda pair: pair[0])
+    for split, run in runs:
+        yield split, Document(doc.key, "".join(text for _, text in run), doc.invalid_utf8, doc.label)
 
 
 @dataclass
@@ -96,11 +158,13 @@ class _Counts:
     invalid_utf8_documents: int = 0
     duplicates_removed: int = 0
     too_short: int = 0
+    documents_cut: int = 0            # long documents split by pieces (piece_splits)
+    longest_document_chars: int = 0   # of the kept documents
 
 
 def _documents(sources: list[Source], opts: PrepareOptions, stats: ReadStats,
                counts: _Counts) -> Iterator[tuple[str, Document]]:
-    """(split, document) for every kept document, in source order."""
+    """(split, document) for every kept document (or run of pieces of one, `_split_document`), in order."""
     seen: set[bytes] = set()
     taken = 0
     for source in sources:
@@ -118,7 +182,8 @@ def _documents(sources: list[Source], opts: PrepareOptions, stats: ReadStats,
             else:
                 if opts.dedup:
                     seen.add(digest)
-                yield split_of(doc.key, opts.val_fraction), doc
+                counts.longest_document_chars = max(counts.longest_document_chars, len(doc.text))
+                yield from _split_document(doc, opts, counts)
             if opts.max_bytes is not None and taken >= opts.max_bytes:
                 return
 
@@ -230,6 +295,20 @@ def _make_tokenizer(opts: PrepareOptions, sources: list[Source], show_progress: 
         return train_bpe(train_texts(bar), opts.vocab_size, extra)
 
 
+def _empty_val_message(opts: PrepareOptions, counts: _Counts) -> str:
+    """What to change when --val-fraction drew no validation text at all."""
+    longest, piece, fraction = counts.longest_document_chars, opts.split_piece_chars, opts.val_fraction
+    fixes, needed = [], math.ceil(piece / longest * 1000) / 1000  # the fraction from which the longest is cut
+    if needed < 1:
+        fixes.append(f"raise --val-fraction to {needed:g} or more")
+    if longest * fraction >= 1:
+        fixes.append(f"lower --split-piece-chars to {int(longest * fraction):,} or less")
+    return (f"--val-fraction {fraction:g} gives an empty validation split: no whole document was drawn for it and "
+            f"none is long enough to be cut into pieces (the longest has {longest:,} characters, cutting starts "
+            f"at --split-piece-chars / --val-fraction = {cut_threshold(opts):,.0f}); "
+            + ", or ".join(fixes + ["pass --val-fraction 0 for no validation split"]))
+
+
 def prepare(out: str | Path, options: PrepareOptions | None = None, *, overwrite: bool = False,
             show_progress: bool = False) -> dict:
     """Prepare a dataset in `out` from `options.sources`; returns its manifest.
@@ -288,11 +367,13 @@ def prepare(out: str | Path, options: PrepareOptions | None = None, *, overwrite
                             f"(read {counts.documents_read}: {counts.empty_documents} empty, "
                             f"{counts.too_short} shorter than --min-chars, {counts.duplicates_removed} "
                             f"duplicates, {splits['val']['documents']} in the validation split)")
+        if opts.val_fraction > 0 and splits["val"]["documents"] == 0:
+            raise DataError(_empty_val_message(opts, counts))
+        kept = counts.documents_read - counts.empty_documents - counts.too_short - counts.duplicates_removed
         manifest = {"format": FORMAT, "version": VERSION, "tokenizer": tok_entry, "dtype": dtype.name,
-                    "separator_id": separator_id, "settings": settings,
+                    "separator_id": separator_id, "settings": settings, "split_rule": SPLIT_RULE,
                     "sources": [source.to_manifest() for source in sources],
-                    "stats": {**asdict(stats), **asdict(counts),
-                              "documents_kept": sum(s["documents"] for s in splits.values())},
+                    "stats": {**asdict(stats), **asdict(counts), "documents_kept": kept},
                     "splits": splits}
         write_manifest(tmp, manifest)
     return manifest
