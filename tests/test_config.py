@@ -103,6 +103,26 @@ def test_each_mistake_is_a_config_error_naming_its_key(config, path, words):
     assert words in problems[path], problems[path]
 
 
+def test_a_lazy_first_layer_is_told_it_is_first():
+    problems = _problems(tiny([dict(ATTN, previous_attention_bool=True), ATTN]))
+    message = problems["layers[0].previous_attention_bool"]
+    assert "this is the first layer" in message and "layers[0..-1]" not in message
+    later = _problems(tiny([FFN, dict(ATTN, previous_attention_bool=True)]))["layers[1].previous_attention_bool"]
+    assert later.endswith("none of layers[0..0] does")
+
+
+@pytest.mark.parametrize("part, typo, meant", [("attention", "dropot", "dropout"), ("ffn", "pre_norm_boo", "pre_norm_bool"),
+                                               ("attention", "output_gat", "output_gate")])
+def test_a_parallel_part_suggests_only_keys_a_part_takes(part, typo, meant):
+    """The keys every layer takes belong to the Parallel layer itself, and a part refuses them."""
+    problems = _problems(tiny([{"type": "Parallel", part: {typo: 1}}]))
+    message = problems[f"layers[0].{part}.{typo}"]
+    assert f"did you mean '{meant}'" not in message
+    valid = set(message.split("valid keys: ")[1].split(", "))
+    assert not valid & {"dropout", "pre_norm_bool", "output_gate", "norm_type", "share_weights_with", "type"}
+    assert {"attention": "num_heads", "ffn": "ff_mult"}[part] in valid
+
+
 def test_bidirectional_model_may_look_ahead():
     shift = [{"features": 16, "shift": -1}, {"features": 16, "shift": 1}]
     config = tiny([dict(ATTN, causal_mask_bool=False, token_shift_config=shift), dict(FFN, token_shift_config=shift)])

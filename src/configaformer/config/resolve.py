@@ -198,9 +198,10 @@ def plan_wiring(layers: list[LayerConfig]) -> tuple[list[LayerPlan], list[Proble
             src = latest.get(name)
             if src is None:
                 if required:
+                    where = (f"none of layers[0..{i - 1}] does" if i else
+                             "this is the first layer, so there is none; put a layer that computes it first")
                     problems.append(Problem(f"layers[{i}].{layer.consume_key(name)}",
-                                            f"needs an earlier layer that computes {name!r} to reuse; "
-                                            f"none of layers[0..{i - 1}] does"))
+                                            f"needs an earlier layer that computes {name!r} to reuse; {where}"))
                 continue
             for key, msg in layer.check_source(name, layers[src].source_config(name)):
                 problems.append(Problem(f"layers[{i}].{key}", msg + f" (reused from layers[{src}])"))
