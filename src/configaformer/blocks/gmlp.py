@@ -65,6 +65,9 @@ class GMLPConfig(LayerConfig):
     def declared_causal(self) -> bool:
         return self.causal_mask_bool
 
+    def uses_norm_type(self) -> bool:
+        return True  # the norm on v
+
     def block_params(self, model: ModelConfig) -> int:
         dim, bias, n = model.dim_model, int(self.bias_bool), model.max_seq_len or 0
         hidden = self.dim_hidden(model)

@@ -20,7 +20,7 @@ from pydantic import ValidationError, field_validator
 
 from ..config.base import problems_from_validation
 from ..config.overrides import ModelSource, apply_overrides, parse_args
-from ..errors import ConfigError
+from ..errors import ConfigError, Problem
 from ..fileio import read_mapping
 from ..presets import locate
 
@@ -142,6 +142,27 @@ class RunConfig(RunModel):
                 raise ValueError(err.problems[0].message) from None
         return value
 
+    def unused_settings(self) -> list[Problem]:
+        """Settings changed from their default that the rest of the run makes do nothing (the
+        `distributed` sections are checked by configaformer.parallel; see docs/config-errors.md)."""
+        def changed(section: BaseModel, key: str) -> bool:
+            return getattr(section, key) != type(section).model_fields[key].default
+
+        train, objective, sample = self.train, self.objective, self.sample
+        found = []
+        if train.schedule == "constant" and changed(train, "min_lr_ratio"):
+            found.append(("train.min_lr_ratio", "sets where the lr decays to, but train.schedule is constant"))
+        if objective.kind == "causal" and changed(objective, "mask_rate"):
+            found.append(("objective.mask_rate", "is for the masked objective, but objective.kind is causal"))
+        if sample.max_new_tokens == 0:
+            found += [(f"sample.{key}", "shapes the sample, but sample.max_new_tokens is 0: no sample is drawn")
+                      for key in ("prompt", "temperature", "top_k") if changed(sample, key)]
+        for name, head in self.heads.items():
+            if head.labels == "none" and changed(head, "loss_weight"):
+                found.append((f"heads.{name}.loss_weight", f"weighs a loss, but heads.{name}.labels is none: the head "
+                                                           "is not trained"))
+        return [Problem(path, message + "; leave it out") for path, message in found]
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -157,6 +178,10 @@ def load_run_config(source: Union[str, Path, dict], overrides: Optional[list[str
     data = read_mapping(source, "run file") if isinstance(source, (str, Path)) else dict(source)
     data = apply_overrides(data, parse_args(overrides or []), RunConfig)
     try:
-        return RunConfig.model_validate(data)
+        run = RunConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(problems_from_validation(err, RunConfig)) from None
+    unused = run.unused_settings()
+    if unused:
+        raise ConfigError(unused)
+    return run
