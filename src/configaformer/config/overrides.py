@@ -35,6 +35,7 @@ from ..errors import ConfigError, Problem
 from ..presets import locate
 from ..registry import get_block, list_blocks
 from .base import did_you_mean, join_path, nested_model, user_keys
+from .layer import LayerConfig
 from .model import ClassifierConfig, ModelConfig
 from .resolve import load_config
 
@@ -143,7 +144,7 @@ def _set(node: Any, annotation: Any, parts: list[str], text: str, path: list) ->
     else:
         valid = user_keys(schema)
         if key not in valid:
-            kind = f" (type {node['type']})" if schema in _layer_schemas() and "type" in node else ""
+            kind = f" (type {node['type']})" if issubclass(schema, LayerConfig) and "type" in node else ""
             raise _Bad(f"unknown key {key!r} in {_where(path)}{kind}; {did_you_mean(key, valid)}"
                        f"valid keys: {', '.join(sorted(valid))}")
         child = _LAYERS if (schema is ModelConfig and key == "layers") else _with_metadata(schema.model_fields[key])
@@ -171,10 +172,6 @@ def _layer_schema(layer: Any, path: list) -> Any:
     if kind not in list_blocks():
         raise _Bad(f"{_where(path)} has no known type ({kind!r}); valid types: {', '.join(list_blocks())}")
     return get_block(kind).config_cls
-
-
-def _layer_schemas() -> set[type]:
-    return {get_block(name).config_cls for name in list_blocks()}
 
 
 def _select(items: list, segment: str, layers: bool, path: list) -> list[int]:
