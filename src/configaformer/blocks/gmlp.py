@@ -65,9 +65,6 @@ class GMLPConfig(LayerConfig):
     def declared_causal(self) -> bool:
         return self.causal_mask_bool
 
-    def uses_norm_type(self) -> bool:
-        return True  # the norm on v
-
     def block_params(self, model: ModelConfig) -> int:
         dim, bias, n = model.dim_model, int(self.bias_bool), model.max_seq_len or 0
         hidden = self.dim_hidden(model)
@@ -79,6 +76,9 @@ class GMLPConfig(LayerConfig):
         a = self.dim_tiny_attn
         tiny = (dim * 3 * a + bias * 3 * a + a * half + bias * half) if a else 0
         return up + norm + spatial + down + tiny
+
+    def uses_norm_type(self) -> bool:
+        return True  # the norm on v
 
     def check(self, model: ModelConfig):
         issues = super().check(model)
