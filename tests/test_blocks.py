@@ -13,7 +13,8 @@ from .conftest import VOCAB, tiny
 
 @pytest.mark.parametrize("name", list_blocks())
 @pytest.mark.parametrize("variant", [{}, {"post_norm_bool": True, "output_gate": {"activation": "silu"}},
-                                     {"pre_norm_bool": False, "norm_type": "rmsnorm", "dropout": 0.1}])
+                                     {"pre_norm_bool": False, "post_norm_bool": True, "norm_type": "rmsnorm",
+                                      "dropout": 0.1}])
 def test_every_block_conforms(name, variant):
     layers = [{"type": name, **variant}, {"type": name}]
     model = configaformer.Transformer(tiny(layers, max_seq_len=16))  # some blocks (gMLP) need a length

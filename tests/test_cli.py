@@ -33,12 +33,24 @@ def test_info_on_preset_name_and_bad_inputs(tmp_path, capsys):
     bad.write_text(json.dumps(tiny([dict(ATTN, num_heads=5)])))
     assert main(["info", str(bad)]) == 2
     assert "layers[0].num_heads" in capsys.readouterr().err
-    try:
-        main(["info", "no-such-thing"])
-    except SystemExit as exit:
-        assert "neither a config file nor a preset" in str(exit.code)
-    else:
-        raise AssertionError("expected SystemExit")
+
+
+def test_an_unknown_name_is_one_line_naming_the_argument_and_listing_the_names(tmp_path, capsys):
+    """`info CONFIG`, `train RUN` and a run file's `model:` share one resolver (presets.locate)."""
+    assert main(["info", "no-such-thing"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("configaformer: config: 'no-such-thing' is neither a file nor "
+                                                   "a preset name (presets: alibi, gmlp, gpt2, llama, primer, seed")
+    assert main(["train", "no-such-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("configaformer: run: 'no-such-run' is neither a file nor a "
+                                                   "named run (named runs: stdlib")
+    run = tmp_path / "run.yaml"
+    run.write_text("model: lama\ndata: {path: nowhere}\n")
+    assert main(["train", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("configaformer: model: 'lama' is neither a file nor a preset "
+                                                   "name (presets: alibi, gmlp, gpt2, llama, primer, seed)")
 
 
 def test_demo_runs_the_seed_example(capsys):

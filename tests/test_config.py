@@ -103,6 +103,73 @@ def test_each_mistake_is_a_config_error_naming_its_key(config, path, words):
     assert words in problems[path], problems[path]
 
 
+def test_a_lazy_first_layer_is_told_it_is_first():
+    problems = _problems(tiny([dict(ATTN, previous_attention_bool=True), ATTN]))
+    message = problems["layers[0].previous_attention_bool"]
+    assert "this is the first layer" in message and "layers[0..-1]" not in message
+    later = _problems(tiny([FFN, dict(ATTN, previous_attention_bool=True)]))["layers[1].previous_attention_bool"]
+    assert later.endswith("none of layers[0..0] does")
+
+
+@pytest.mark.parametrize("part, typo, meant", [("attention", "dropot", "dropout"), ("ffn", "pre_norm_boo", "pre_norm_bool"),
+                                               ("attention", "output_gat", "output_gate")])
+def test_a_parallel_part_suggests_only_keys_a_part_takes(part, typo, meant):
+    """The keys every layer takes belong to the Parallel layer itself, and a part refuses them."""
+    problems = _problems(tiny([{"type": "Parallel", part: {typo: 1}}]))
+    message = problems[f"layers[0].{part}.{typo}"]
+    assert f"did you mean '{meant}'" not in message
+    valid = set(message.split("valid keys: ")[1].split(", "))
+    assert not valid & {"dropout", "pre_norm_bool", "output_gate", "norm_type", "share_weights_with", "type"}
+    assert {"attention": "num_heads", "ffn": "ff_mult"}[part] in valid
+
+
+NOOPS = [  # (config, the key that would change nothing, the other key its message must name)
+    (tiny([dict(ATTN, rotate_v_bool=True)], dim_rope=0), "layers[0].rotate_v_bool", "dim_rope"),
+    (tiny([dict(ATTN, rotate_qk_bool=False, dim_rope=0)]), "layers[0].rotate_qk_bool", "dim_rope"),
+    (tiny([ATTN, dict(ATTN, previous_attention_bool=True, rotate_qk_bool=False)]), "layers[1].rotate_qk_bool",
+     "previous_attention_bool"),
+    (tiny([dict(ATTN, rotate_qk_bool=False, dim_rope=2)]), "layers[0].dim_rope", "rotate_qk_bool"),
+    (tiny([dict(ATTN, window_size=16)], max_seq_len=16), "layers[0].window_size", "max_seq_len"),
+    (tiny([dict(ATTN, post_norm_bool=True, norm_type="none")]), "layers[0].post_norm_bool", "norm_type"),
+    (tiny([dict(FFN, pre_norm_bool=False, norm_type="rmsnorm")]), "layers[0].norm_type", "pre_norm_bool"),
+    (tiny([dict(FFN, pre_norm_bool=False, output_gate={"source": "hidden"})]), "layers[0].output_gate.source",
+     "pre_norm_bool"),
+    (tiny([dict(FFN, token_shift_config=[{"features": 16, "shift": 0}, {"features": 16, "shift": 0}])]),
+     "layers[0].token_shift_config", "shift 0"),
+    (tiny([dict(FFN, inner_token_shift_config=[{"features": 64, "shift": 0}])]), "layers[0].inner_token_shift_config",
+     "shift 0"),
+    (tiny([dict(FFN, num_gelu=0, activation="silu")]), "layers[0].activation", "num_gelu"),
+    (tiny([ATTN], classifiers=[{"num_classes": VOCAB, "head_type": "linear", "ff_mult": 2}]), "classifiers[0].ff_mult",
+     "head_type"),
+    (tiny([ATTN], dim_rope=0, rope_base=500.0), "rope_base", "dim_rope"),
+    (tiny([FFN], attention_impl="explicit"), "attention_impl", "no layer computes"),
+    (tiny([dict(FFN, layerscale_init=0.1)]), "layers[0].layerscale_init", "residual_scale"),
+    (tiny([{"type": "Parallel", "attention": {"num_heads": 4, "dim_rope": 0, "rotate_v_bool": True}}]),
+     "layers[0].attention.rotate_v_bool", "dim_rope"),
+]
+
+
+@pytest.mark.parametrize("config, path, other", NOOPS)
+def test_a_key_that_would_change_nothing_is_an_error_naming_the_key_that_makes_it_so(config, path, other):
+    problems = _problems(config)
+    assert path in problems and other in problems[path], problems
+
+
+@pytest.mark.parametrize("config", [
+    tiny([ATTN], dim_rope=0),  # the defaults of every key above, and explicitly written defaults
+    tiny([dict(ATTN, rotate_qk_bool=True, rotate_v_bool=False, dim_rope=0)], rope_base=10000.0),
+    tiny([dict(FFN, pre_norm_bool=False, norm_type="layernorm", output_gate={"source": "input"})]),
+    tiny([dict(FFN, num_gelu=0, activation="gelu")], classifiers=[{"num_classes": VOCAB, "head_type": "linear",
+                                                                   "ff_mult": 1.0}]),
+    tiny([dict(FFN, pre_norm_bool=False, token_shift_config=[{"features": 32, "shift": 1}],
+               output_gate={"source": "hidden"})]),
+    tiny([{"type": "gMLP", "pre_norm_bool": False, "norm_type": "rmsnorm"}], max_seq_len=8),  # gMLP norms v with it
+])
+def test_keys_at_their_defaults_or_with_an_effect_are_not_errors(config):
+    cfg = resolve_config(config)
+    assert resolve_config(cfg.to_dict()) == cfg  # a resolved config (every key written out) builds too
+
+
 def test_bidirectional_model_may_look_ahead():
     shift = [{"features": 16, "shift": -1}, {"features": 16, "shift": 1}]
     config = tiny([dict(ATTN, causal_mask_bool=False, token_shift_config=shift), dict(FFN, token_shift_config=shift)])

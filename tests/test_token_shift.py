@@ -1,11 +1,12 @@
 """Token shift moves exactly the configured features by exactly the configured steps."""
 
+import pytest
 import torch
 
 import configaformer
 from configaformer.layers.token_shift import TokenShift
 
-from .conftest import ATTN, FFN, VOCAB, tiny
+from .conftest import ATTN, FFN, tiny
 
 
 def test_each_chunk_moves_by_its_shift_and_zero_fills():
@@ -39,7 +40,6 @@ def test_layer_applies_shift_after_the_pre_norm():
     assert seen["h"][:, 0, 16:].abs().sum() == 0
 
 
-def test_all_zero_shifts_build_no_module():
-    model = configaformer.Transformer(tiny([dict(FFN, token_shift_config=[{"features": 32, "shift": 0}])]))
-    assert model.layers[0].token_shift is None
-    assert model(torch.randint(0, VOCAB, (1, 4)))[0].shape == (1, 4, VOCAB)
+def test_all_zero_shifts_are_refused_as_a_no_op():
+    with pytest.raises(configaformer.ConfigError, match=r"layers\[0\].token_shift_config: every chunk has shift 0"):
+        configaformer.Transformer(tiny([dict(FFN, token_shift_config=[{"features": 32, "shift": 0}])]))

@@ -11,22 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from .errors import ConfigError
-
-
-def _resolve_config_arg(value: str) -> Path:
-    from .presets import list_presets, preset_path
-
-    path = Path(value)
-    if path.is_file():
-        return path
-    preset = preset_path(value)
-    if preset is not None:
-        return preset
-    raise SystemExit(f"configaformer: {value!r} is neither a config file nor a preset "
-                     f"(presets: {', '.join(list_presets())})")
 
 
 def print_info(config, batch: int, seq_len: int) -> None:
@@ -50,7 +36,9 @@ def print_info(config, batch: int, seq_len: int) -> None:
 
 
 def cmd_info(args) -> int:
-    print_info(_resolve_config_arg(args.config), args.batch, args.seq_len)
+    from .presets import locate
+
+    print_info(locate(args.config, "config"), args.batch, args.seq_len)
     return 0
 
 
@@ -109,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args, extra) if getattr(args, "takes_overrides", False) else args.func(args)
-    except ConfigError as err:
-        print(f"configaformer: {err}", file=sys.stderr)
+    except ConfigError as err:  # one problem: one line
+        text = str(err.problems[0]) if len(err.problems) == 1 else str(err)
+        print(f"configaformer: {text}", file=sys.stderr)
         return 2
 
 

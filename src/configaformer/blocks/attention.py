@@ -137,6 +137,10 @@ class AttentionConfig(LayerConfig):
             options = [g for g in range(1, self.num_heads + 1) if self.num_heads % g == 0]
             issues.append(("num_kv_heads", f"num_heads ({self.num_heads}) is not divisible by num_kv_heads "
                                            f"({self.num_kv_heads}); valid: {', '.join(map(str, options))}"))
+        issues += self.check_rotary(model)
+        if model.max_seq_len and self.window_size and self.window_size >= model.max_seq_len:
+            issues.append(("window_size", f"{self.window_size} is at least max_seq_len ({model.max_seq_len}), so every "
+                                          "key is inside the window; use a smaller window_size or leave it out"))
         if self.previous_attention_bool:
             if self.residual_attention_bool:
                 issues.append(("residual_attention_bool", "a lazy layer (previous_attention_bool) computes no "
@@ -159,6 +163,26 @@ class AttentionConfig(LayerConfig):
         if rel is not None and rel.max_distance <= rel.num_buckets // (2 if self.causal_mask_bool else 4):
             issues.append(("rel_pos_bias.max_distance", "must exceed the exact-distance buckets "
                                                         f"({rel.num_buckets // (2 if self.causal_mask_bool else 4)})"))
+        return issues
+
+    def check_rotary(self, model: ModelConfig):
+        """Rotary keys that would change nothing (see docs/config-errors.md)."""
+        issues = []
+        rotates_qk = self.rotate_qk_bool and not self.previous_attention_bool
+        if not self.dim_rope:
+            if self.rotate_v_bool:
+                issues.append(("rotate_v_bool", "is true, but dim_rope is 0 (this layer's or the model-wide), so "
+                                                "nothing is rotated; set dim_rope or rotate_v_bool: false"))
+            if not self.rotate_qk_bool:
+                issues.append(("rotate_qk_bool", "is false, but dim_rope is 0 (this layer's or the model-wide), so "
+                                                 "nothing would be rotated anyway; leave rotate_qk_bool out"))
+        if self.previous_attention_bool and not self.rotate_qk_bool:
+            issues.append(("rotate_qk_bool", "a lazy layer (previous_attention_bool) has no queries or keys to "
+                                             "rotate; leave rotate_qk_bool out"))
+        if self.dim_rope != model.dim_rope and not (rotates_qk or self.rotate_v_bool):
+            why = "a lazy layer rotates no queries or keys" if self.previous_attention_bool else "rotate_qk_bool is false"
+            issues.append(("dim_rope", f"{self.dim_rope} here (the model's is {model.dim_rope}), but this layer rotates "
+                                       f"nothing: {why} and rotate_v_bool is false; leave dim_rope out"))
         return issues
 
     def produces(self) -> set[str]:

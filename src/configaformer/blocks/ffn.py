@@ -64,6 +64,9 @@ class FFNConfig(LayerConfig):
         if self.num_gelu > max(self.num_projections, 1):
             issues.append(("num_gelu", f"{self.num_gelu} is more than num_projections ({self.num_projections}); "
                                        f"valid: 0..{max(self.num_projections, 1)}"))
+        if self.num_gelu == 0 and self.activation != "gelu":
+            issues.append(("activation", f"{self.activation}, but num_gelu is 0: no projection goes through the "
+                                         "activation; set num_gelu >= 1 or leave activation out"))
         issues += check_token_shift(self.inner_token_shift_config, self.dim_hidden(model), model.is_causal,
                                     "inner_token_shift_config", "the hidden width round(ff_mult * dim_model)")
         return issues

@@ -77,6 +77,9 @@ class GMLPConfig(LayerConfig):
         tiny = (dim * 3 * a + bias * 3 * a + a * half + bias * half) if a else 0
         return up + norm + spatial + down + tiny
 
+    def uses_norm_type(self) -> bool:
+        return True  # the norm on v
+
     def check(self, model: ModelConfig):
         issues = super().check(model)
         if model.max_seq_len is None:

@@ -32,6 +32,12 @@ def did_you_mean(key: str, valid: list[str] | set[str]) -> str:
     return f"did you mean {close[0]!r}? " if close else ""
 
 
+def user_keys(schema: type[BaseModel]) -> set[str]:
+    """The keys a user may write in `schema`: its fields, less those excluded from its dump (a
+    Parallel part's `type` and the whole-layer keys the part refuses)."""
+    return {key for key, info in schema.model_fields.items() if not info.exclude}
+
+
 def _owner_fields(schema: type[BaseModel], loc: tuple) -> set[str]:
     """The keys valid next to the last element of `loc` inside `schema` (for did-you-mean)."""
     model: Any = schema
@@ -39,15 +45,15 @@ def _owner_fields(schema: type[BaseModel], loc: tuple) -> set[str]:
         if isinstance(part, int) or model is None:
             continue
         field = model.model_fields.get(part)
-        model = _nested_model(field.annotation) if field else None
-    return set(model.model_fields) if model is not None else set()
+        model = nested_model(field.annotation) if field else None
+    return user_keys(model) if model is not None else set()
 
 
-def _nested_model(annotation: Any) -> type[BaseModel] | None:
+def nested_model(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in getattr(annotation, "__args__", ()):
-        found = _nested_model(arg)
+        found = nested_model(arg)
         if found is not None:
             return found
     return None
@@ -71,6 +77,7 @@ def problems_from_validation(err: ValidationError, schema: type[BaseModel], pref
             text = e["msg"]
             if text.startswith("Value error, "):
                 text = text[len("Value error, "):]
-            msg = f"{text} (got {got!r})" if not isinstance(got, (dict, list)) else text
+            shown = isinstance(got, (dict, list)) or repr(got) in text  # no "(got x)" twice
+            msg = text if shown else f"{text} (got {got!r})"
         problems.append(Problem(path, msg))
     return problems

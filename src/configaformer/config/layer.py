@@ -48,6 +48,9 @@ def check_token_shift(chunks: list[TokenShiftChunk] | None, width: int, causal: 
     if not chunks:
         return []
     issues: Issues = []
+    if all(c.shift == 0 for c in chunks):
+        issues.append((key, "every chunk has shift 0, so nothing moves; give a chunk a non-zero shift or leave "
+                            "the key out"))
     total = sum(c.features for c in chunks)
     if total != width:
         issues.append((key, f"features sum to {total}; they must sum to {width_name} ({width})"))
@@ -91,6 +94,7 @@ class LayerConfig(StrictModel):
         causal = model.is_causal if causal is None else causal
         issues = check_token_shift(self.token_shift_config, model.dim_model, causal,
                                    "token_shift_config", "dim_model")
+        issues += self.check_norm_keys(model)
         if self.layerscale_init is not None and self.residual_scale != "layerscale":
             issues.append(("layerscale_init", f"only applies with residual_scale: layerscale "
                                               f"(this layer has residual_scale: {self.residual_scale})"))
@@ -101,6 +105,29 @@ class LayerConfig(StrictModel):
             if self.layer_drop > 0:
                 issues.append(("layer_drop", "a dropped layer passes its input on through the residual add, "
                                              "but add_residual is false; use layer_drop: 0"))
+        return issues
+
+    def uses_norm_type(self) -> bool:
+        """Whether the block itself builds a norm of the layer's `norm_type` (gMLP's norm on v)."""
+        return False
+
+    def check_norm_keys(self, model: ModelConfig) -> Issues:
+        """Norm and gate-source keys set to something the layer would ignore (see docs/config-errors.md)."""
+        issues: Issues = []
+        if self.post_norm_bool and self.norm_type == "none":
+            issues.append(("post_norm_bool", "is true, but norm_type is none (this layer's or the model's), so the "
+                                             "post-norm does nothing; choose a norm_type or post_norm_bool: false"))
+        if (self.norm_type != model.norm_type and not (self.pre_norm_bool or self.post_norm_bool)
+                and not self.uses_norm_type()):
+            issues.append(("norm_type", f"{self.norm_type} differs from the model's {model.norm_type}, but this layer "
+                                        "has no norm (pre_norm_bool and post_norm_bool are false); leave norm_type out"))
+        gate = self.output_gate
+        shifted = self.token_shift_config and any(c.shift for c in self.token_shift_config)
+        if gate is not None and gate.source == "hidden" and not shifted \
+                and not (self.pre_norm_bool and self.norm_type != "none"):
+            issues.append(("output_gate.source", "'hidden' is the layer input itself here: the layer has no pre-norm "
+                                                 "(pre_norm_bool false or norm_type none) and no token_shift_config; "
+                                                 "use source: input"))
         return issues
 
     def count_params(self, model: ModelConfig) -> int:

@@ -18,7 +18,7 @@ from ..fileio import read_mapping
 from ..registry import get_block, list_blocks
 from .base import did_you_mean, problems_from_validation
 from .layer import LayerConfig
-from .model import ModelConfig
+from .model import ClassifierConfig, ModelConfig
 
 ConfigLike = Union[ModelConfig, dict, str, Path]
 
@@ -83,6 +83,7 @@ def resolve_config(config: ConfigLike) -> ModelConfig:
     model = _resolve_defaults(model, [layer for _, layer in valid])
     for (i, _), layer in zip(valid, model.layers):
         problems += [Problem(f"layers[{i}].{key}", msg) for key, msg in layer.check(model)]
+    problems += _check_model_keys(model)
     if len(valid) == len(layers):
         shared, found = resolve_sharing(model.layers)
         model = model.model_copy(update={"layers": shared})
@@ -119,6 +120,9 @@ def _check_classifiers(model: ModelConfig) -> list[Problem]:
         if head.head_type == "tied" and head.num_classes != model.vocab_size:
             problems.append(Problem(f"{path}.head_type", f"a tied head needs num_classes == vocab_size "
                                                          f"({model.vocab_size}), got {head.num_classes}"))
+        if head.head_type != "ffn" and head.ff_mult != ClassifierConfig.model_fields["ff_mult"].default:
+            problems.append(Problem(f"{path}.ff_mult", f"sizes the hidden layer of an ffn head, but head_type is "
+                                                       f"{head.head_type}, which has none; leave ff_mult out"))
         if head.name is not None:
             if head.name in names:
                 problems.append(Problem(f"{path}.name", f"duplicate head name {head.name!r}"))
@@ -131,6 +135,19 @@ def _check_positions(model: ModelConfig) -> list[Problem]:
         return [Problem("abs_pos_emb", "learned positions need max_seq_len (the size of their table); "
                                        "set max_seq_len, or use abs_pos_emb: sinusoidal or none")]
     return []
+
+
+def _check_model_keys(model: ModelConfig) -> list[Problem]:
+    """Model-wide keys set to something no layer reads (see docs/config-errors.md)."""
+    problems = []
+    fields = ModelConfig.model_fields
+    if model.rope_base != fields["rope_base"].default and not any(layer.rotary_dim() for layer in model.layers):
+        problems.append(Problem("rope_base", "no layer rotates (dim_rope is 0 or rotation is off in every layer), so "
+                                             "the rotary base is unused; leave rope_base out or set dim_rope"))
+    if model.attention_impl == "explicit" and not any("attn_map" in layer.produces() for layer in model.layers):
+        problems.append(Problem("attention_impl", "explicit forms the attention matrix of self-attention layers, "
+                                                  "but no layer computes one; leave attention_impl out"))
+    return problems
 
 
 def resolve_sharing(layers: list[LayerConfig]) -> tuple[list[LayerConfig], list[Problem]]:
@@ -198,9 +215,10 @@ def plan_wiring(layers: list[LayerConfig]) -> tuple[list[LayerPlan], list[Proble
             src = latest.get(name)
             if src is None:
                 if required:
+                    where = (f"none of layers[0..{i - 1}] does" if i else
+                             "this is the first layer, so there is none; put a layer that computes it first")
                     problems.append(Problem(f"layers[{i}].{layer.consume_key(name)}",
-                                            f"needs an earlier layer that computes {name!r} to reuse; "
-                                            f"none of layers[0..{i - 1}] does"))
+                                            f"needs an earlier layer that computes {name!r} to reuse; {where}"))
                 continue
             for key, msg in layer.check_source(name, layers[src].source_config(name)):
                 problems.append(Problem(f"layers[{i}].{key}", msg + f" (reused from layers[{src}])"))

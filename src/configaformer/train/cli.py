@@ -7,33 +7,13 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError
-
-RUNS_DIR = Path(__file__).resolve().parents[1] / "presets" / "runs"
-
-
-def run_file(value: str) -> Path:
-    path = Path(value)
-    if path.is_file():
-        return path
-    named = RUNS_DIR / f"{value}.yaml"
-    if named.is_file():
-        return named
-    runs = sorted(p.stem for p in RUNS_DIR.glob("*.yaml"))
-    raise ConfigError([_problem(f"{value!r} is neither a run file nor a named run (named runs: {', '.join(runs)})")])
-
-
-def _problem(message: str):
-    from ..errors import Problem
-
-    return Problem("", message)
-
 
 def cmd_train(args, overrides: list[str]) -> int:
+    from ..presets import locate
     from .config import load_run_config
     from .loop import TrainingError, train
 
-    run = load_run_config(run_file(args.run), overrides)
+    run = load_run_config(locate(args.run, "run", kind="run"), overrides)
     try:
         summary = train(run, resume=args.resume)
     except TrainingError as err:

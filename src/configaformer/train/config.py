@@ -5,22 +5,24 @@
     train: {batch_size: 16, seq_len: 256, lr: 1e-3, max_steps: 1000, ...}
     out_dir: runs/llama
 
-Any setting can be overridden from the command line with its dotted path:
-`configaformer train run.yaml --train.lr 3e-4 --train.max_steps 200` (values parse as YAML).
+Any setting can be overridden from the command line with its dotted path, model keys included:
+`configaformer train run.yaml --train.lr 3e-4 --model.layers.3.num_heads 2` (config/overrides.py;
+`override_run` applies such overrides to a run dict from code).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
-from pydantic import ValidationError
+from pydantic import ValidationError, field_validator
 
 from ..config.base import problems_from_validation
+from ..config.overrides import ModelSource, apply_overrides, parse_args
 from ..errors import ConfigError, Problem
 from ..fileio import read_mapping
+from ..presets import locate
 
 
 class RunModel(BaseModel):
@@ -120,7 +122,7 @@ class DistributedSection(RunModel):
 
 
 class RunConfig(RunModel):
-    model: Union[str, dict[str, Any]]
+    model: Annotated[Union[str, dict[str, Any]], ModelSource()]  # a preset name, a file path, or a config
     data: DataSection
     train: TrainSection = TrainSection()
     objective: ObjectiveSection = ObjectiveSection()
@@ -130,62 +132,56 @@ class RunConfig(RunModel):
     out_dir: str = "runs/default"
     distributed: DistributedSection = DistributedSection()  # see configaformer.parallel
 
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, value: Union[str, dict]) -> Union[str, dict]:
+        if isinstance(value, str):
+            try:
+                locate(value, "model")
+            except ConfigError as err:
+                raise ValueError(err.problems[0].message) from None
+        return value
+
+    def unused_settings(self) -> list[Problem]:
+        """Settings changed from their default that the rest of the run makes do nothing (the
+        `distributed` sections are checked by configaformer.parallel; see docs/config-errors.md)."""
+        def changed(section: BaseModel, key: str) -> bool:
+            return getattr(section, key) != type(section).model_fields[key].default
+
+        train, objective, sample = self.train, self.objective, self.sample
+        found = []
+        if train.schedule == "constant" and changed(train, "min_lr_ratio"):
+            found.append(("train.min_lr_ratio", "sets where the lr decays to, but train.schedule is constant"))
+        if objective.kind == "causal" and changed(objective, "mask_rate"):
+            found.append(("objective.mask_rate", "is for the masked objective, but objective.kind is causal"))
+        if sample.max_new_tokens == 0:
+            found += [(f"sample.{key}", "shapes the sample, but sample.max_new_tokens is 0: no sample is drawn")
+                      for key in ("prompt", "temperature", "top_k") if changed(sample, key)]
+        for name, head in self.heads.items():
+            if head.labels == "none" and changed(head, "loss_weight"):
+                found.append((f"heads.{name}.loss_weight", f"weighs a loss, but heads.{name}.labels is none: the head "
+                                                           "is not trained"))
+        return [Problem(path, message + "; leave it out") for path, message in found]
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
 
-def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """["--train.lr", "3e-4", "--out_dir=x"] -> {"train": {"lr": 0.0003}, "out_dir": "x"}."""
-    overrides: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg.split("=")[0] in ("--local_rank", "--local-rank"):  # added by the deepspeed launcher; the
-            i += 1 if "=" in arg else 2                            # rank is read from LOCAL_RANK instead
-            continue
-        if not arg.startswith("--") or arg == "--":
-            raise ConfigError(Problem(arg, "expected a setting such as --train.lr 3e-4"))
-        key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(args):
-                raise ConfigError(Problem(key, "needs a value, e.g. --train.max_steps 100"))
-            value = args[i + 1]
-            i += 1
-        i += 1
-        try:
-            parsed = yaml.safe_load(value) if value != "" else ""
-        except yaml.YAMLError:
-            parsed = value
-        if isinstance(parsed, str):  # YAML 1.1 reads "3e-4" as text
-            try:
-                parsed = float(parsed)
-            except ValueError:
-                pass
-        node = overrides
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(Problem(key, "conflicts with another override"))
-        node[parts[-1]] = parsed
-    return overrides
-
-
-def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+def override_run(data: dict[str, Any], overrides: list[str] | list[tuple[str, str]]) -> dict[str, Any]:
+    """A copy of the run dict `data` with overrides applied: `["model.layers[Attention].dim_rope=16"]`
+    or `[("train.lr", "3e-4")]` (the syntax of config/overrides.py). Raises ConfigError."""
+    return apply_overrides(data, overrides, RunConfig)
 
 
 def load_run_config(source: Union[str, Path, dict], overrides: Optional[list[str]] = None) -> RunConfig:
     """Read and validate a run file (YAML/JSON path or dict) with command-line overrides."""
     data = read_mapping(source, "run file") if isinstance(source, (str, Path)) else dict(source)
-    data = merge(data, parse_overrides(overrides or []))
+    data = apply_overrides(data, parse_args(overrides or []), RunConfig)
     try:
-        return RunConfig.model_validate(data)
+        run = RunConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(problems_from_validation(err, RunConfig)) from None
+    unused = run.unused_settings()
+    if unused:
+        raise ConfigError(unused)
+    return run

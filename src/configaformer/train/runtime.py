@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import os
 import resource
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import ConfigError, Problem
-from ..presets import preset_path
+from ..presets import locate
 from .config import RunConfig
 
 
@@ -21,15 +19,7 @@ class TrainingError(RuntimeError):
 
 def model_config_of(run: RunConfig) -> Any:
     """The run's model section: an inline dict, a YAML/JSON path, or a preset name."""
-    if isinstance(run.model, dict):
-        return run.model
-    path = Path(run.model)
-    if path.is_file():
-        return path
-    preset = preset_path(run.model)
-    if preset is None:
-        raise ConfigError(Problem("model", f"{run.model!r} is neither a config file nor a preset name"))
-    return preset
+    return run.model if isinstance(run.model, dict) else locate(run.model, "model")
 
 
 def pick_device(name: str) -> torch.device:
