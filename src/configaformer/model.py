@@ -28,8 +28,7 @@ from .generation import DecodeCache, generate
 from .layers.abs_position import make_abs_positions
 from .layers.heads import make_head
 from .layers.losses import linear_cross_entropy
-from .layers.norms import NORM_MODULES, make_norm
-from .layers.residual import ResidualScale
+from .layers.norms import make_norm
 from .positional.rotary import RotaryTable
 from .registry import get_block
 
@@ -75,18 +74,29 @@ class Transformer(nn.Module):
 
     # ---- initialisation ------------------------------------------------------------------------
     def reset_parameters(self) -> None:
-        """Normal(0, init_std) for linear and embedding weights, zero biases, unit norms; by default
-        each layer's output projection gets std init_std / sqrt(num_layers), as in GPT-2 (whose
-        1/sqrt(2 * n_blocks) counts the same thing: residual additions; here each layer is one).
-        Residual scales go back to their init (ReZero 0, LayerScale `layerscale_init`)."""
+        """Every parameter back to its documented init (docs/blocks.md, "Initialisation"):
+        Normal(0, init_std) for linear and embedding weights, zero biases; every other module with a
+        `reset_parameters()` runs it (norms, residual scales, and blocks' raw Parameters: gMLP's
+        spatial weight, memory slots, talking-heads mixes, the Primer conv), children before their
+        parents so that an enclosing module's init wins; one that owns parameters without it is
+        a TypeError. By default each layer's output projection then gets std
+        init_std / sqrt(num_layers), as in GPT-2 (whose 1/sqrt(2 * n_blocks) counts the same
+        thing: residual additions; here each layer is one)."""
         std = self.config.init_std
-        for module in self.modules():
+        modules = list(self.modules())
+        for module in modules:
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, 0.0, std)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, (*NORM_MODULES, ResidualScale)):
+        for module in reversed(modules):  # pre-order reversed: children before parents
+            if module is self or isinstance(module, (nn.Linear, nn.Embedding)):
+                continue
+            if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
+            elif own := [name for name, _ in module.named_parameters(recurse=False)]:
+                raise TypeError(f"{type(module).__qualname__} owns parameters ({', '.join(own)}) but defines "
+                                f"no reset_parameters(); see docs/blocks.md, \"Initialisation\"")
         if self.config.init_scale_residual_bool:
             residual_std = std / math.sqrt(len(self.layers))
             for layer in self.layers:

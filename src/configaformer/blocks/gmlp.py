@@ -142,15 +142,17 @@ class GMLP(Block):
         self.up = nn.Linear(model.dim_model, hidden, bias=cfg.bias_bool)
         self.norm = make_norm(cfg.norm_type, half, model.norm_eps)
         # Plain parameters, not nn.Linear: the model's init (normal weights, zero biases) must not
-        # overwrite the paper's near-zero W and unit b.
+        # overwrite the paper's near-zero W and unit b; `reset_parameters` sets those.
         self.spatial_weight = nn.Parameter(torch.empty(n, n))  # (out position, in position)
         self.spatial_bias = nn.Parameter(torch.empty(n))  # one per position
         self.tiny_attn = TinyAttention(model.dim_model, cfg.dim_tiny_attn, half, cfg.bias_bool) \
             if cfg.dim_tiny_attn else None
         self.out_proj = nn.Linear(half, model.dim_model, bias=cfg.bias_bool)
-        self.reset_spatial()
+        self.reset_parameters()
 
-    def reset_spatial(self) -> None:
+    def reset_parameters(self) -> None:
+        """The spatial unit's init (the model's `reset_parameters` calls this; its linear layers
+        get the model's init)."""
         eps = SPATIAL_INIT_EPS / self.max_seq_len
         nn.init.uniform_(self.spatial_weight, -eps, eps)
         nn.init.ones_(self.spatial_bias)
