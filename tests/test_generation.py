@@ -8,7 +8,7 @@ import torch
 import configaformer
 from configaformer.generation import DecodeCache, filter_logits, sample
 
-from .conftest import ATTN, FFN, VOCAB, tiny
+from .conftest import ATTN, FFN, VOCAB, cached_logits, tiny
 
 SHIFT = [{"features": 16, "shift": 0}, {"features": 8, "shift": 1}, {"features": 8, "shift": 3}]
 # One entry per block feature that keeps decoding state or depends on absolute position.
@@ -36,17 +36,6 @@ def perturb_neutral_inits(model):
         for name, p in model.named_parameters():
             if any(key in name for key in ("conv", "pre_mix", "post_mix", "spatial")):
                 p.add_(torch.randn_like(p) * 0.2)
-
-
-def cached_logits(model, ids, chunks):
-    """Feed ids (B, L) through a DecodeCache in chunks of the given sizes; (B, L, V) logits."""
-    cache = DecodeCache(ids.shape[0], ids.shape[1])
-    out, start = [], 0
-    for size in chunks:
-        out.append(model(ids[:, start: start + size], cache=cache)[0])
-        start += size
-    assert start == ids.shape[1] and cache.offset == ids.shape[1]
-    return torch.cat(out, dim=1)
 
 
 def assert_cache_matches_full(model, ids, chunks):

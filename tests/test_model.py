@@ -1,6 +1,5 @@
 """The assembled model: heads, embedding, inputs, dtype/device, save/load."""
 
-import copy
 import json
 
 import pytest
@@ -9,6 +8,7 @@ import torch
 import configaformer
 from configaformer import Transformer
 
+from .conformance import check_reset
 from .conftest import ATTN, FFN, VOCAB, assert_padding_invariant, tiny
 from .test_attention import RICH_LAYERS
 
@@ -81,20 +81,6 @@ EVERY_PARAMETER = tiny([
     {"type": "Parallel", "attention": {"num_heads": 4, "qkv_conv_kernel": 2, "causal_mask_bool": False}, "ffn": {}},
 ], max_seq_len=16, input_emb_size=16, abs_pos_emb="learned",
     classifiers=[{"num_classes": VOCAB, "head_type": "tied"}, {"num_classes": 3, "head_type": "ffn"}])
-
-
-def check_reset(model) -> None:
-    """`reset_parameters()` reaches every parameter: after perturbing them all, a reset equals a
-    reset of an unperturbed copy from the same random state."""
-    fresh = copy.deepcopy(model)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1.0)
-    for m in (model, fresh):
-        torch.manual_seed(1)
-        m.reset_parameters()
-    for (name, a), b in zip(model.named_parameters(), fresh.parameters()):
-        assert torch.equal(a, b), f"reset_parameters() does not reach {name}"
 
 
 def test_reset_parameters_reaches_every_parameter_and_restores_the_documented_init():

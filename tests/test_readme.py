@@ -17,11 +17,6 @@ def python_blocks():
     return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
 
 
-@pytest.fixture
-def scratch_registry(monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-
-
 def test_adding_a_block_example_works(scratch_registry):
     (code,) = [b for b in python_blocks() if "register_block(\"CausalConv\"" in b]
     exec(compile(code, "README:adding-a-block", "exec"), {})

@@ -66,6 +66,7 @@ SCORE_KEYS = ("qk_norm_bool", "talking_heads_bool", "logit_softcap", "window_siz
 
 
 class AttentionConfig(LayerConfig):
+    causal_key = "causal_mask_bool"
     type: Literal["Attention"] = "Attention"
     dim_attn: Optional[PositiveInt] = None  # None: dim_model
     num_heads: PositiveInt = 8
@@ -104,9 +105,6 @@ class AttentionConfig(LayerConfig):
     @property
     def dim_kv(self) -> int:
         return self.num_kv_heads * self.dim_head
-
-    def declared_causal(self) -> bool:
-        return self.causal_mask_bool
 
     def rotary_dim(self) -> int:
         rotates = (self.rotate_qk_bool and not self.previous_attention_bool) or self.rotate_v_bool

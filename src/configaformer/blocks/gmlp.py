@@ -53,6 +53,7 @@ SPATIAL_INIT_EPS = 1e-3  # W ~ U(-eps/n, eps/n), as in the paper's "near-zero" i
 
 
 class GMLPConfig(LayerConfig):
+    causal_key = "causal_mask_bool"
     type: Literal["gMLP"] = "gMLP"
     ff_mult: PositiveFloat = 6.0
     causal_mask_bool: bool = True
@@ -61,9 +62,6 @@ class GMLPConfig(LayerConfig):
 
     def dim_hidden(self, model: ModelConfig) -> int:
         return max(1, round(self.ff_mult * model.dim_model))
-
-    def declared_causal(self) -> bool:
-        return self.causal_mask_bool
 
     def block_params(self, model: ModelConfig) -> int:
         dim, bias, n = model.dim_model, int(self.bias_bool), model.max_seq_len or 0
@@ -132,6 +130,7 @@ class TinyAttention(nn.Module):
 
 @register_block("gMLP", GMLPConfig)
 class GMLP(Block):
+    padding_sides = ("right",)  # W is indexed by absolute position: left padding moves every token
     def __init__(self, cfg: GMLPConfig, model: ModelConfig, plan: LayerPlan):
         super().__init__(cfg, model, plan)
         hidden = cfg.dim_hidden(model)
