@@ -119,3 +119,16 @@ def test_registering_a_name_twice_is_refused():
 def test_unknown_block_lists_the_registered_ones():
     with pytest.raises(ConfigError, match="valid types: " + ", ".join(list_blocks())):
         configaformer.Transformer(tiny([{"type": "Nope"}]))
+
+
+def test_a_model_refuses_padding_on_a_side_one_of_its_blocks_does_not_honour():
+    model = configaformer.Transformer(tiny([{"type": "gMLP", "ff_mult": 2}, {"type": "FFN"}], max_seq_len=16))
+    assert model.padding_sides == {"right"}
+    ids = torch.randint(1, VOCAB, (2, 6))
+    left = torch.tensor([[False, True, True, True, True, True], [True] * 6])
+    with pytest.raises(ValueError, match="pads on the left .* but gMLP layers give the same outputs only with padding on the right"):
+        model(ids, padding_mask=left)
+    model(ids, padding_mask=left.flip(-1))  # right padding is fine
+    everywhere = configaformer.Transformer(tiny([{"type": "Attention", "num_heads": 4}]))
+    assert everywhere.padding_sides == {"left", "right"}
+    everywhere(ids, padding_mask=left)

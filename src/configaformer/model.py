@@ -66,6 +66,8 @@ class Transformer(nn.Module):
             else:
                 layers.append(Layer(get_block(layer.type).block_cls(layer, cfg, plan), layer, cfg))
         self.layers = nn.ModuleList(layers)
+        # The padding sides every layer honours (docs/blocks.md, "Padding"); inputs are checked against them.
+        self.padding_sides = frozenset(("left", "right")).intersection(*(layer.block.padding_sides for layer in layers))
         self.final_norm = make_norm(cfg.norm_type, cfg.dim_model, cfg.norm_eps) if cfg.final_norm_bool else None
         self.heads = nn.ModuleList(make_head(head, cfg, self.embedding) for head in cfg.classifiers)
         self.head_names = [head.name for head in cfg.classifiers]
@@ -196,6 +198,8 @@ class Transformer(nn.Module):
         if padding_mask is not None and padding_mask.shape != token_ids.shape:
             raise ValueError(f"padding_mask shape {tuple(padding_mask.shape)} must equal token_ids shape "
                              f"{tuple(token_ids.shape)}")
+        if padding_mask is not None and len(self.padding_sides) < 2:
+            self._check_padding_side(padding_mask)
         if token_ids.dtype not in (torch.long, torch.int):
             token_ids = token_ids.long()
         # The range check reads values, which on an accelerator would stall the host on every
@@ -207,6 +211,21 @@ class Transformer(nn.Module):
                 raise ValueError(f"token id {bad} is out of range for vocab_size {self.config.vocab_size} "
                                  f"(valid ids: 0..{self.config.vocab_size - 1})")
         return token_ids
+
+    def _check_padding_side(self, padding_mask: torch.Tensor) -> None:
+        """Refuse padding on a side some layer does not honour (its real tokens' outputs would
+        change). It reads values, so like the id range check it runs for host tensors only."""
+        if padding_mask.device.type != "cpu" or torch.compiler.is_compiling():
+            return
+        real = padding_mask.bool()
+        found = {"left": (~real[:, :-1] & real[:, 1:]).any(), "right": (real[:, :-1] & ~real[:, 1:]).any()}
+        for side, present in found.items():
+            if side not in self.padding_sides and bool(present):
+                types = sorted({cfg.type for cfg, layer in zip(self.config.layers, self.layers)
+                                if side not in layer.block.padding_sides})
+                honoured = " or ".join(sorted(self.padding_sides)) or "neither side"
+                raise ValueError(f"padding_mask pads on the {side} (or between real tokens), but {', '.join(types)} "
+                                 f"layers give the same outputs only with padding on the {honoured}")
 
     # ---- sizes ---------------------------------------------------------------------------------
     def num_parameters(self, embedding: bool = True) -> int:

@@ -30,7 +30,8 @@ LayerNorm by default; the paper finds normalising v crucial, so avoid `none`).
 
 Padding: padded positions are zeroed before the mixing, so with RIGHT padding real tokens are
 unaffected. LEFT padding shifts every real token to a later absolute position, and W is indexed
-by absolute position, so left-padded outputs differ: pad gMLP models on the right.
+by absolute position, so left-padded outputs differ: pad gMLP models on the right (the block
+declares `padding_sides = ("right",)`, and the model refuses a left-padded mask).
 """
 
 from __future__ import annotations
