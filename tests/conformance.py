@@ -14,7 +14,7 @@ import torch
 import configaformer
 from configaformer.registry import get_block
 
-from .conftest import VOCAB, assert_causal, assert_padding_invariant, cached_logits, tiny
+from .conftest import VOCAB, assert_causal, assert_padding_invariant, cached_logits, perturb, tiny
 
 CHUNKS = [1, 4, 1, 3, 2, 1]  # a 12-token prompt fed through the cache in chunks of mixed sizes
 BATCH = 2
@@ -39,13 +39,8 @@ def settings(name: str) -> list[dict]:
 
 
 def build(layer: dict) -> configaformer.Transformer:
-    """Two such layers in a tiny model, every parameter moved off its init: identity-like inits
-    (a conv's single tap, an identity mix, a near-zero spatial weight) would hide a wrong cache."""
-    model = configaformer.Transformer(tiny([layer, layer], max_seq_len=32)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model
+    """Two such layers in a tiny model, every parameter moved off its init."""
+    return perturb(configaformer.Transformer(tiny([layer, layer], max_seq_len=32)).eval())
 
 
 def model_inputs(model: configaformer.Transformer) -> dict:

@@ -30,6 +30,15 @@ def scratch_registry(monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
 
+def perturb(model, scale: float = 0.1):
+    """Move every parameter off its init: identity-like inits (a conv's single tap, an identity
+    head mix, gMLP's near-zero spatial weight) would hide a wrong cache or a leak. Returns model."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model
+
+
 def assert_causal(model, length: int = 12, cut: int = 7, batch: int = 2, **inputs):
     """Changing the tokens from position `cut` on leaves every earlier logit unchanged, and does
     change later ones (so the check is not vacuous). `inputs`: more model arguments (context)."""
