@@ -8,7 +8,7 @@ import torch
 import configaformer
 from configaformer.generation import DecodeCache, filter_logits, sample
 
-from .conftest import ATTN, FFN, VOCAB, tiny
+from .conftest import ATTN, FFN, VOCAB, cached_logits, perturb, tiny
 
 SHIFT = [{"features": 16, "shift": 0}, {"features": 8, "shift": 1}, {"features": 8, "shift": 3}]
 # One entry per block feature that keeps decoding state or depends on absolute position.
@@ -30,25 +30,6 @@ CATALOGUE = [
 ]
 
 
-def perturb_neutral_inits(model):
-    """Identity-initialised pieces (convolutions, talking-heads mixes) would hide a wrong cache."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if any(key in name for key in ("conv", "pre_mix", "post_mix", "spatial")):
-                p.add_(torch.randn_like(p) * 0.2)
-
-
-def cached_logits(model, ids, chunks):
-    """Feed ids (B, L) through a DecodeCache in chunks of the given sizes; (B, L, V) logits."""
-    cache = DecodeCache(ids.shape[0], ids.shape[1])
-    out, start = [], 0
-    for size in chunks:
-        out.append(model(ids[:, start: start + size], cache=cache)[0])
-        start += size
-    assert start == ids.shape[1] and cache.offset == ids.shape[1]
-    return torch.cat(out, dim=1)
-
-
 def assert_cache_matches_full(model, ids, chunks):
     with torch.no_grad():
         full = model(ids)[0]
@@ -61,7 +42,7 @@ def assert_cache_matches_full(model, ids, chunks):
 def test_each_block_feature_decodes_exactly(index):
     layers = [ATTN, CATALOGUE[index], FFN] if index > 1 else [CATALOGUE[index], FFN]
     model = configaformer.Transformer(tiny(layers, max_seq_len=32)).eval()
-    perturb_neutral_inits(model)
+    perturb(model)
     assert_cache_matches_full(model, torch.randint(0, VOCAB, (2, 13)), chunks=[1, 4, 1, 1, 3, 2, 1])
 
 
@@ -71,7 +52,7 @@ def test_random_configs_decode_exactly(seed):
     layers = [ATTN] + [rng.choice(CATALOGUE) for _ in range(5)]
     model_keys = rng.choice([{}, {"abs_pos_emb": "learned"}, {"abs_pos_emb": "sinusoidal"}, {"norm_type": "rmsnorm"}])
     model = configaformer.Transformer(tiny(layers, max_seq_len=32, **model_keys)).eval()
-    perturb_neutral_inits(model)
+    perturb(model)
     ids = torch.randint(0, VOCAB, (2, 17))
     cut = sorted(rng.sample(range(1, 17), 4))
     chunks = [b - a for a, b in zip([0] + cut, cut + [17])]

@@ -8,6 +8,7 @@ import torch
 import configaformer
 from configaformer import Transformer
 
+from .conformance import check_reset
 from .conftest import ATTN, FFN, VOCAB, assert_padding_invariant, tiny
 from .test_attention import RICH_LAYERS
 
@@ -69,6 +70,36 @@ def test_residual_output_projections_get_scaled_init():
     model = Transformer(tiny([ATTN, FFN] * 8, dim_model=256, dim_rope=0))
     assert model.layers[0].block.out_proj.weight.std().item() == pytest.approx(0.02 / 4, rel=0.1)
     assert model.layers[0].block.qkv.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+# Every kind of parameter a model can own, raw Parameters included.
+EVERY_PARAMETER = tiny([
+    dict(ATTN, talking_heads_bool=True, num_memory_kv=3, qkv_conv_kernel=3, rel_pos_bias={"num_buckets": 8},
+         qk_norm_bool=True, head_gate_bool=True, residual_scale="layerscale", norm_type="scalenorm"),
+    dict(ATTN, previous_attention_bool=True, num_memory_kv=3, qkv_conv_kernel=2, residual_scale="rezero"),
+    {"type": "gMLP", "ff_mult": 2, "dim_tiny_attn": 8, "output_gate": {"activation": "silu"}},
+    {"type": "Parallel", "attention": {"num_heads": 4, "qkv_conv_kernel": 2, "causal_mask_bool": False}, "ffn": {}},
+], max_seq_len=16, input_emb_size=16, abs_pos_emb="learned",
+    classifiers=[{"num_classes": VOCAB, "head_type": "tied"}, {"num_classes": 3, "head_type": "ffn"}])
+
+
+def test_reset_parameters_reaches_every_parameter_and_restores_the_documented_init():
+    model = Transformer(EVERY_PARAMETER)
+    check_reset(model)  # perturbs every parameter, resets, compares with a reset of a clean copy
+    attn, lazy, gmlp, parallel = (layer.block for layer in model.layers)
+    eye = torch.eye(4)
+    assert torch.equal(attn.pre_mix, eye) and torch.equal(attn.post_mix, eye)
+    for conv in (attn.conv, lazy.conv, parallel.attention.conv):  # causal: the last tap; bidirectional: the centre
+        k = conv.kernel_size
+        delta = torch.zeros(k)
+        delta[k - 1 if conv.causal else (k - 1) // 2] = 1.0
+        assert torch.equal(conv.conv.weight, delta.expand_as(conv.conv.weight)) and not conv.conv.bias.any()
+    memory = torch.cat([attn.memory_k.flatten(), attn.memory_v.flatten(), lazy.memory_v.flatten()])
+    assert memory.std().item() == pytest.approx(0.02, rel=0.25) and abs(memory.mean().item()) < 0.01
+    assert gmlp.spatial_weight.abs().max() <= 1e-3 / 16 and torch.equal(gmlp.spatial_bias, torch.ones(16))
+    assert torch.equal(model.layers[0].residual_scale.scale, torch.full((32,), 1e-4))
+    assert model.layers[1].residual_scale.scale.item() == 0.0
+    assert model.layers[0].pre_norm.g.item() == pytest.approx(32 ** 0.5)
 
 
 def test_save_load_round_trip_is_exact(tmp_path):

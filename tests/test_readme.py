@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import configaformer
-from configaformer import registry
+
+from .conformance import check_block
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -17,23 +18,17 @@ def python_blocks():
     return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
 
 
-@pytest.fixture
-def scratch_registry(monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-
-
-def test_adding_a_block_example_works(scratch_registry):
+def test_adding_a_block_example_keeps_the_block_contract(scratch_registry):
     (code,) = [b for b in python_blocks() if "register_block(\"CausalConv\"" in b]
     exec(compile(code, "README:adding-a-block", "exec"), {})
     assert "CausalConv" in configaformer.list_blocks()
-    layers = [{"type": "CausalConv", "kernel_size": 4}, {"type": "FFN"}]
-    model = configaformer.Transformer({"dim_model": 16, "vocab_size": 20, "classifiers": [20], "layers": layers})
-    ids = torch.randint(0, 20, (1, 8))
-    changed = ids.clone()
-    changed[0, 5:] = (changed[0, 5:] + 1) % 20
-    torch.testing.assert_close(model(ids)[0][:, :5], model(changed)[0][:, :5])
+    for layer in ({"type": "CausalConv"}, {"type": "CausalConv", "kernel_size": 4}, {"type": "CausalConv", "kernel_size": 1}):
+        check_block(layer)  # cached decoding, causality, left and right padding, reset
+    model = configaformer.Transformer({"dim_model": 16, "vocab_size": 20, "classifiers": [20],
+                                       "layers": [{"type": "CausalConv", "kernel_size": 4}, {"type": "FFN"}] * 2})
     cfg = model.config
     assert cfg.layers[0].count_params(cfg) == sum(p.numel() for p in model.layers[0].parameters())
+    assert model.layers[0].block.out_proj.weight.std() < 0.02 / 1.5  # the depth-scaled init: 0.02 / sqrt(4)
     with pytest.raises(configaformer.ConfigError, match="did you mean 'kernel_size'"):
         configaformer.Transformer({"dim_model": 16, "vocab_size": 20, "classifiers": [20],
                                    "layers": [{"type": "CausalConv", "kernel_sise": 4}]})

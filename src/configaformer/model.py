@@ -28,8 +28,7 @@ from .generation import DecodeCache, generate
 from .layers.abs_position import make_abs_positions
 from .layers.heads import make_head
 from .layers.losses import linear_cross_entropy
-from .layers.norms import NORM_MODULES, make_norm
-from .layers.residual import ResidualScale
+from .layers.norms import make_norm
 from .positional.rotary import RotaryTable
 from .registry import get_block
 
@@ -67,6 +66,8 @@ class Transformer(nn.Module):
             else:
                 layers.append(Layer(get_block(layer.type).block_cls(layer, cfg, plan), layer, cfg))
         self.layers = nn.ModuleList(layers)
+        # The padding sides every layer honours (docs/blocks.md, "Padding"); inputs are checked against them.
+        self.padding_sides = frozenset(("left", "right")).intersection(*(layer.block.padding_sides for layer in layers))
         self.final_norm = make_norm(cfg.norm_type, cfg.dim_model, cfg.norm_eps) if cfg.final_norm_bool else None
         self.heads = nn.ModuleList(make_head(head, cfg, self.embedding) for head in cfg.classifiers)
         self.head_names = [head.name for head in cfg.classifiers]
@@ -75,18 +76,29 @@ class Transformer(nn.Module):
 
     # ---- initialisation ------------------------------------------------------------------------
     def reset_parameters(self) -> None:
-        """Normal(0, init_std) for linear and embedding weights, zero biases, unit norms; by default
-        each layer's output projection gets std init_std / sqrt(num_layers), as in GPT-2 (whose
-        1/sqrt(2 * n_blocks) counts the same thing: residual additions; here each layer is one).
-        Residual scales go back to their init (ReZero 0, LayerScale `layerscale_init`)."""
+        """Every parameter back to its documented init (docs/blocks.md, "Initialisation"):
+        Normal(0, init_std) for linear and embedding weights, zero biases; every other module with a
+        `reset_parameters()` runs it (norms, residual scales, and blocks' raw Parameters: gMLP's
+        spatial weight, memory slots, talking-heads mixes, the Primer conv), children before their
+        parents so that an enclosing module's init wins; one that owns parameters without it is
+        a TypeError. By default each layer's output projection then gets std
+        init_std / sqrt(num_layers), as in GPT-2 (whose 1/sqrt(2 * n_blocks) counts the same
+        thing: residual additions; here each layer is one)."""
         std = self.config.init_std
-        for module in self.modules():
+        modules = list(self.modules())
+        for module in modules:
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, 0.0, std)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, (*NORM_MODULES, ResidualScale)):
+        for module in reversed(modules):  # pre-order reversed: children before parents
+            if module is self or isinstance(module, (nn.Linear, nn.Embedding)):
+                continue
+            if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
+            elif own := [name for name, _ in module.named_parameters(recurse=False)]:
+                raise TypeError(f"{type(module).__qualname__} owns parameters ({', '.join(own)}) but defines "
+                                f"no reset_parameters(); see docs/blocks.md, \"Initialisation\"")
         if self.config.init_scale_residual_bool:
             residual_std = std / math.sqrt(len(self.layers))
             for layer in self.layers:
@@ -186,6 +198,8 @@ class Transformer(nn.Module):
         if padding_mask is not None and padding_mask.shape != token_ids.shape:
             raise ValueError(f"padding_mask shape {tuple(padding_mask.shape)} must equal token_ids shape "
                              f"{tuple(token_ids.shape)}")
+        if padding_mask is not None and len(self.padding_sides) < 2:
+            self._check_padding_side(padding_mask)
         if token_ids.dtype not in (torch.long, torch.int):
             token_ids = token_ids.long()
         # The range check reads values, which on an accelerator would stall the host on every
@@ -197,6 +211,21 @@ class Transformer(nn.Module):
                 raise ValueError(f"token id {bad} is out of range for vocab_size {self.config.vocab_size} "
                                  f"(valid ids: 0..{self.config.vocab_size - 1})")
         return token_ids
+
+    def _check_padding_side(self, padding_mask: torch.Tensor) -> None:
+        """Refuse padding on a side some layer does not honour (its real tokens' outputs would
+        change). It reads values, so like the id range check it runs for host tensors only."""
+        if padding_mask.device.type != "cpu" or torch.compiler.is_compiling():
+            return
+        real = padding_mask.bool()
+        found = {"left": (~real[:, :-1] & real[:, 1:]).any(), "right": (real[:, :-1] & ~real[:, 1:]).any()}
+        for side, present in found.items():
+            if side not in self.padding_sides and bool(present):
+                types = sorted({cfg.type for cfg, layer in zip(self.config.layers, self.layers)
+                                if side not in layer.block.padding_sides})
+                honoured = " or ".join(sorted(self.padding_sides)) or "neither side"
+                raise ValueError(f"padding_mask pads on the {side} (or between real tokens), but {', '.join(types)} "
+                                 f"layers give the same outputs only with padding on the {honoured}")
 
     # ---- sizes ---------------------------------------------------------------------------------
     def num_parameters(self, embedding: bool = True) -> int:

@@ -66,6 +66,7 @@ SCORE_KEYS = ("qk_norm_bool", "talking_heads_bool", "logit_softcap", "window_siz
 
 
 class AttentionConfig(LayerConfig):
+    causal_key = "causal_mask_bool"
     type: Literal["Attention"] = "Attention"
     dim_attn: Optional[PositiveInt] = None  # None: dim_model
     num_heads: PositiveInt = 8
@@ -104,9 +105,6 @@ class AttentionConfig(LayerConfig):
     @property
     def dim_kv(self) -> int:
         return self.num_kv_heads * self.dim_head
-
-    def declared_causal(self) -> bool:
-        return self.causal_mask_bool
 
     def rotary_dim(self) -> int:
         rotates = (self.rotate_qk_bool and not self.previous_attention_bool) or self.rotate_v_bool
@@ -231,6 +229,7 @@ class AttentionConfig(LayerConfig):
 
 @register_block("Attention", AttentionConfig)
 class Attention(Block):
+    no_weight_decay = ("memory_k", "memory_v")  # learned key/value slots, like embedding rows
     def __init__(self, cfg: AttentionConfig, model: ModelConfig, plan: LayerPlan):
         super().__init__(cfg, model, plan)
         dim, bias = model.dim_model, cfg.bias_bool
@@ -262,16 +261,28 @@ class Attention(Block):
         self.k_norm = nn.RMSNorm(self.dim_head, eps=model.norm_eps) if cfg.qk_norm_bool else None
         self.talking_heads = cfg.talking_heads_bool
         if self.talking_heads:
-            self.pre_mix = nn.Parameter(torch.eye(cfg.num_heads))
-            self.post_mix = nn.Parameter(torch.eye(cfg.num_heads))
+            self.pre_mix = nn.Parameter(torch.empty(cfg.num_heads, cfg.num_heads))  # (H out, H in)
+            self.post_mix = nn.Parameter(torch.empty(cfg.num_heads, cfg.num_heads))
         self.rel_bias = (RelativePositionBias(cfg.num_heads, self.causal, cfg.rel_pos_bias.num_buckets,
                                               cfg.rel_pos_bias.max_distance) if cfg.rel_pos_bias else None)
         self.head_gate = nn.Linear(dim, cfg.num_heads, bias=bias) if cfg.head_gate_bool else None
         if self.num_memory:
             shape = (1, cfg.num_kv_heads, self.num_memory, self.dim_head)
-            self.memory_k = None if self.lazy else nn.Parameter(torch.randn(shape) * model.init_std)
-            self.memory_v = nn.Parameter(torch.randn(shape) * model.init_std)
+            self.memory_k = None if self.lazy else nn.Parameter(torch.empty(shape))
+            self.memory_v = nn.Parameter(torch.empty(shape))
+        self.init_std = model.init_std
         self.out_proj = nn.Linear(cfg.dim_attn, dim, bias=bias)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The raw Parameters' init (the model inits the linear layers): talking-heads mixes start
+        as the identity (no mixing), memory slots as Normal(0, init_std), like embeddings."""
+        if self.talking_heads:
+            nn.init.eye_(self.pre_mix)
+            nn.init.eye_(self.post_mix)
+        for memory in (getattr(self, "memory_k", None), getattr(self, "memory_v", None)):
+            if memory is not None:
+                nn.init.normal_(memory, 0.0, self.init_std)
 
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:

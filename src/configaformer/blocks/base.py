@@ -1,5 +1,9 @@
 """The block contract and the wrapper that gives every layer type the shared keys.
 
+The contract a new block fulfils (decode state, padding, causality, the output projection's
+depth-scaled init, raw Parameters' init and weight decay, what the conformance test checks) is
+written down in docs/blocks.md: read it before adding a block.
+
 A block is the layer's main operation: `forward(h, ctx) -> y`, both (B, L, dim_model). The
 `Layer` wrapper around it applies what every layer type shares, in this order:
 
@@ -17,6 +21,8 @@ A layer with `share_weights_with` is not built: the model reuses the owner's `La
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -29,10 +35,17 @@ from ..layers.token_shift import make_token_shift
 
 
 class Block(nn.Module):
-    """Base class of registered blocks. A subclass that has a linear layer writing to the
-    residual stream names it `out_proj`, so the model can scale its initialisation with depth."""
+    """Base class of registered blocks (the contract: docs/blocks.md). A subclass that has a linear
+    layer writing to the residual stream names it `out_proj`, so the model can scale its
+    initialisation with depth; one that owns raw nn.Parameters defines `reset_parameters()`."""
 
     config_cls: type[LayerConfig]  # set by @register_block
+    # Sides a caller may pad on (with the padding mask) and leave real tokens' outputs unchanged.
+    padding_sides: ClassVar[tuple[str, ...]] = ("left", "right")
+    # Whether forward reads `ctx.context` (the config then names its width `dim_context`).
+    reads_context: ClassVar[bool] = False
+    # Names of this module's raw Parameters that are tables, like embeddings: no weight decay.
+    no_weight_decay: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: LayerConfig, model: ModelConfig, plan: LayerPlan):
         super().__init__()

@@ -64,6 +64,7 @@ class CrossAttentionConfig(LayerConfig):
 
 @register_block("CrossAttention", CrossAttentionConfig)
 class CrossAttention(Block):
+    reads_context = True
     def __init__(self, cfg: CrossAttentionConfig, model: ModelConfig, plan: LayerPlan):
         super().__init__(cfg, model, plan)
         bias = cfg.bias_bool

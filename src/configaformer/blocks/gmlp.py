@@ -30,7 +30,8 @@ LayerNorm by default; the paper finds normalising v crucial, so avoid `none`).
 
 Padding: padded positions are zeroed before the mixing, so with RIGHT padding real tokens are
 unaffected. LEFT padding shifts every real token to a later absolute position, and W is indexed
-by absolute position, so left-padded outputs differ: pad gMLP models on the right.
+by absolute position, so left-padded outputs differ: pad gMLP models on the right (the block
+declares `padding_sides = ("right",)`, and the model refuses a left-padded mask).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ SPATIAL_INIT_EPS = 1e-3  # W ~ U(-eps/n, eps/n), as in the paper's "near-zero" i
 
 
 class GMLPConfig(LayerConfig):
+    causal_key = "causal_mask_bool"
     type: Literal["gMLP"] = "gMLP"
     ff_mult: PositiveFloat = 6.0
     causal_mask_bool: bool = True
@@ -61,9 +63,6 @@ class GMLPConfig(LayerConfig):
 
     def dim_hidden(self, model: ModelConfig) -> int:
         return max(1, round(self.ff_mult * model.dim_model))
-
-    def declared_causal(self) -> bool:
-        return self.causal_mask_bool
 
     def block_params(self, model: ModelConfig) -> int:
         dim, bias, n = model.dim_model, int(self.bias_bool), model.max_seq_len or 0
@@ -135,6 +134,7 @@ class TinyAttention(nn.Module):
 
 @register_block("gMLP", GMLPConfig)
 class GMLP(Block):
+    padding_sides = ("right",)  # W is indexed by absolute position: left padding moves every token
     def __init__(self, cfg: GMLPConfig, model: ModelConfig, plan: LayerPlan):
         super().__init__(cfg, model, plan)
         hidden = cfg.dim_hidden(model)
@@ -145,15 +145,17 @@ class GMLP(Block):
         self.up = nn.Linear(model.dim_model, hidden, bias=cfg.bias_bool)
         self.norm = make_norm(cfg.norm_type, half, model.norm_eps)
         # Plain parameters, not nn.Linear: the model's init (normal weights, zero biases) must not
-        # overwrite the paper's near-zero W and unit b.
+        # overwrite the paper's near-zero W and unit b; `reset_parameters` sets those.
         self.spatial_weight = nn.Parameter(torch.empty(n, n))  # (out position, in position)
         self.spatial_bias = nn.Parameter(torch.empty(n))  # one per position
         self.tiny_attn = TinyAttention(model.dim_model, cfg.dim_tiny_attn, half, cfg.bias_bool) \
             if cfg.dim_tiny_attn else None
         self.out_proj = nn.Linear(half, model.dim_model, bias=cfg.bias_bool)
-        self.reset_spatial()
+        self.reset_parameters()
 
-    def reset_spatial(self) -> None:
+    def reset_parameters(self) -> None:
+        """The spatial unit's init (the model's `reset_parameters` calls this; its linear layers
+        get the model's init)."""
         eps = SPATIAL_INIT_EPS / self.max_seq_len
         nn.init.uniform_(self.spatial_weight, -eps, eps)
         nn.init.ones_(self.spatial_bias)

@@ -59,6 +59,7 @@ PARTS = ("attention", "ffn")
 
 
 class ParallelConfig(LayerConfig):
+    causal_key = "attention.causal_mask_bool"
     type: Literal["Parallel"] = "Parallel"
     attention: AttentionPart = Field(default_factory=AttentionPart)
     ffn: FFNPart = Field(default_factory=FFNPart)
@@ -82,9 +83,6 @@ class ParallelConfig(LayerConfig):
         return self.attention.gate_bias() or self.ffn.gate_bias()
 
     # ---- cross-layer wiring: the attention part's --------------------------------------------
-    def declared_causal(self):
-        return self.attention.declared_causal()
-
     def rotary_dim(self) -> int:
         return self.attention.rotary_dim()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, ClassVar, Literal, Optional
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
@@ -61,7 +61,12 @@ def check_token_shift(chunks: list[TokenShiftChunk] | None, width: int, causal: 
 
 
 class LayerConfig(StrictModel):
-    """Keys shared by every layer type (see README, "Keys every layer takes")."""
+    """Keys shared by every layer type (see README, "Keys every layer takes"). A block's schema
+    subclasses it; the contract is docs/blocks.md."""
+
+    # The key (a dotted path for a nested part) holding this layer type's causal flag, if it has
+    # one: `declared_causal` reads it, and the conformance test builds both settings from it.
+    causal_key: ClassVar[Optional[str]] = None
 
     type: str
     pre_norm_bool: bool = True
@@ -85,8 +90,15 @@ class LayerConfig(StrictModel):
         return self.model_copy(update=update)
 
     def declared_causal(self) -> Optional[bool]:
-        """True/False if this layer type mixes tokens with an explicit causal flag, else None."""
-        return None
+        """Whether this layer keeps every position from seeing later ones: the flag at `causal_key`.
+        None: it has no flag (a layer that does not mix positions, such as FFN). A layer type that
+        mixes positions without a flag returns True (always causal) or False (always looks ahead)."""
+        if self.causal_key is None:
+            return None
+        value = self
+        for part in self.causal_key.split("."):
+            value = getattr(value, part)
+        return bool(value)
 
     def check(self, model: ModelConfig) -> Issues:
         """Checks of this layer against the model-wide settings (run after resolve)."""

@@ -16,10 +16,15 @@ class SequenceDepthwiseConv(nn.Module):
         super().__init__()
         self.kernel_size, self.causal = kernel_size, causal
         self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, bias=bias)
-        # Start as the identity (a centred/last tap of one), so adding the conv changes nothing at init.
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Start as the identity (a centred/last tap of one), so adding the conv changes nothing at
+        init. The model calls this after its child Conv1d's own (Kaiming) init, which it overrides."""
+        k = self.kernel_size
         with torch.no_grad():
             self.conv.weight.zero_()
-            self.conv.weight[:, 0, kernel_size - 1 if causal else (kernel_size - 1) // 2] = 1.0
+            self.conv.weight[:, 0, k - 1 if self.causal else (k - 1) // 2] = 1.0
             if self.conv.bias is not None:
                 self.conv.bias.zero_()
 

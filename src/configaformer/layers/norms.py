@@ -44,9 +44,6 @@ NORMS = {
     "none": lambda dim, eps: nn.Identity(),
 }
 
-# The norm modules whose parameters the model re-initialises (`Transformer.reset_parameters`).
-NORM_MODULES = (nn.LayerNorm, nn.RMSNorm, ScaleNorm)
-
 
 def make_norm(norm_type: str, dim: int, eps: float) -> nn.Module:
     return NORMS[norm_type](dim, eps)

@@ -11,17 +11,22 @@ from .config import TrainSection
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decoupled weight decay on the weights of linear and convolution layers only; none on
-    biases, norms, embeddings (a tied output layer shares the embedding's, so it is not decayed),
-    position tables, residual scales or memory slots."""
-    decay_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d))}
-    decay_ids -= {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    """Decoupled weight decay on every matrix that multiplies activations: each parameter with two
+    or more dimensions (linear and convolution weights, gMLP's spatial weight, talking-heads
+    mixes), except tables read like embeddings: nn.Embedding weights (token embeddings, a tied
+    output layer that shares one, position tables, T5 bias buckets) and the raw Parameters a
+    module lists in its `no_weight_decay` (attention's memory slots). Vectors and scalars (biases,
+    norms, residual scales) are never decayed. The rule and its reasons: docs/blocks.md."""
+    tables = set()
+    for module in model.modules():
+        names = ("weight",) if isinstance(module, nn.Embedding) else getattr(module, "no_weight_decay", ())
+        tables |= {id(getattr(module, name)) for name in names if getattr(module, name, None) is not None}
     decay, no_decay, seen = [], [], set()
     for p in model.parameters():
         if id(p) in seen or not p.requires_grad:
             continue
         seen.add(id(p))
-        (decay if id(p) in decay_ids else no_decay).append(p)
+        (decay if p.ndim >= 2 and id(p) not in tables else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
