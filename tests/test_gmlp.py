@@ -178,4 +178,4 @@ def test_preset_builds_and_summarises():
     summary = summarize(preset_path("gmlp"), seq_len=64)
     assert sum(row.params for row in summary.rows) == summary.total_params
     assert any(row.kind == "gMLP" and "ff_mult=6" in row.settings for row in summary.rows)
-    assert summary.rows[-1].shape == (1, 64, 256)
+    assert summary.rows[-1].shape == (1, 64, 258)
