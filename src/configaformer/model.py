@@ -16,13 +16,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from . import blocks  # noqa: F401  (registers the built-in blocks)
 from .blocks.base import Layer
 from .config import ModelConfig, plan_wiring, resolve_config
 from .config.resolve import ConfigLike
-from .context import ForwardContext
+from .context import ForwardContext, Wiring
 from .fileio import atomic_write
 from .generation import DecodeCache, generate
 from .layers.abs_position import make_abs_positions
@@ -49,6 +48,7 @@ class Transformer(nn.Module):
         cfg = resolve_config(config)  # raises ConfigError before any tensor exists
         self.config: ModelConfig = cfg
         plans, _ = plan_wiring(cfg.layers)
+        self.wiring = Wiring.from_plans(plans)  # who reads which cross-layer tensor, per position
 
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.emb_size)
         self.emb_proj = nn.Linear(cfg.emb_size, cfg.dim_model, bias=False) if cfg.emb_size != cfg.dim_model else None
@@ -70,7 +70,6 @@ class Transformer(nn.Module):
         self.final_norm = make_norm(cfg.norm_type, cfg.dim_model, cfg.norm_eps) if cfg.final_norm_bool else None
         self.heads = nn.ModuleList(make_head(head, cfg, self.embedding) for head in cfg.classifiers)
         self.head_names = [head.name for head in cfg.classifiers]
-        self.checkpoint_layers: frozenset[int] = frozenset()  # activation checkpointing (set by training)
         self.reset_parameters()
 
     # ---- initialisation ------------------------------------------------------------------------
@@ -137,11 +136,8 @@ class Transformer(nn.Module):
         if self.emb_dropout is not None:
             x = self.emb_dropout(x)
         for index, layer in enumerate(self.layers):
-            ctx.layer_index = index  # a shared Layer module keeps one decoding state per use
-            if index in self.checkpoint_layers and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, ctx, use_reentrant=False)  # recompute activations in backward
-            else:
-                x = layer(x, ctx)
+            ctx.enter_layer(index)  # a shared Layer module keeps one decoding state and one wiring per use
+            x = layer(x, ctx)
         if cache is not None:
             cache.offset += length
         return x if self.final_norm is None else self.final_norm(x)
@@ -156,7 +152,7 @@ class Transformer(nn.Module):
             positions = (padding_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
         offset = 0 if cache is None else cache.offset
         ctx = ForwardContext(seq_len=length, device=device, dtype=dtype, padding_mask=padding_mask,
-                             positions=positions, offset=offset, cache=cache)
+                             positions=positions, offset=offset, cache=cache, wiring=self.wiring)
         for dim, table in self.rotary.items():
             ctx.rotary[int(dim)] = table(length, positions, dtype, offset)
         return ctx

@@ -26,6 +26,7 @@ from ..data import BatchLoader, DataError, TokenDataset
 from ..errors import ConfigError, Problem
 from ..model import Transformer
 from ..parallel import make_engine
+from ..parallel.checkpointing import apply_activation_checkpointing, checkpoint_positions
 from .baselines import compressor_bits_per_byte, eval_text_bytes
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint_state
 from .config import RunConfig
@@ -124,10 +125,7 @@ class Trainer:
 
     def wrap_model(self, model) -> tuple[Any, torch.optim.Optimizer]:
         """(the module to train: checkpointed, wrapped by the engine, compiled; the optimizer)."""
-        setting = self.cfg.activation_checkpointing
-        if setting:
-            layers = range(len(model.layers)) if setting is True else setting
-            model.checkpoint_layers = frozenset(layers)
+        apply_activation_checkpointing(model, self.cfg.activation_checkpointing)  # before FSDP shards the layers
         train_model, optimizer = self.engine.prepare(model, lambda: make_optimizer(model, self.cfg))
         return (torch.compile(train_model) if self.cfg.compile else train_model), optimizer
 
@@ -142,6 +140,10 @@ class Trainer:
         limit = self.model_cfg.max_seq_len
         if limit is not None and cfg.seq_len > limit:
             raise ConfigError(Problem("train.seq_len", f"{cfg.seq_len} exceeds the model's max_seq_len {limit}"))
+        try:
+            checkpoint_positions(cfg.activation_checkpointing, len(self.model_cfg.layers))
+        except ValueError as err:
+            raise ConfigError(Problem("train.activation_checkpointing", str(err))) from None
         names = [h.name for h in self.model_cfg.classifiers]
         for name in run.heads:
             if name not in names:
