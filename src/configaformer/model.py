@@ -22,7 +22,6 @@ from .blocks.base import Layer
 from .config import ModelConfig, plan_wiring, resolve_config
 from .config.resolve import ConfigLike
 from .context import ForwardContext, Wiring
-from .fileio import atomic_write
 from .generation import DecodeCache, generate
 from .layers.abs_position import make_abs_positions
 from .layers.heads import make_head
@@ -31,9 +30,7 @@ from .layers.norms import NORM_MODULES, make_norm
 from .layers.residual import ResidualScale
 from .positional.rotary import RotaryTable
 from .registry import get_block
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+from .weights import CONFIG_FILE, WEIGHTS_FILE, alias_groups, read_weights, write_pretrained
 
 
 class Transformer(nn.Module):
@@ -202,22 +199,13 @@ class Transformer(nn.Module):
 
     # ---- save / load ---------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write config.json (the resolved config) and model.safetensors into `directory`, atomically."""
-        from safetensors.torch import save_model
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(self, tmp))
-        text = json.dumps(self.config.to_dict(), indent=2) + "\n"
-        atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-        return directory
+        """Write config.json (the resolved config) and model.safetensors into `directory`, atomically
+        (each shared tensor once: see configaformer.weights)."""
+        return write_pretrained(directory, self.config, self.state_dict(), alias_groups(self))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> Transformer:
         """Rebuild the model saved by `save_pretrained` (no pickle: JSON + safetensors)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_model
-
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         for path in (config_path, weights_path):
@@ -228,13 +216,9 @@ class Transformer(nn.Module):
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{config_path} is not valid JSON: {exc}") from None
         model = cls(config)
+        weights = read_weights(directory, model)  # ValueError: unreadable, or other tensors than the model's
         try:
-            missing, unexpected = load_model(model, weights_path, strict=False, device=str(device))
-        except (SafetensorError, OSError) as exc:
-            raise ValueError(f"{weights_path} is not a readable safetensors file: {exc}") from None
-        except RuntimeError as exc:
+            model.load_state_dict(weights)
+        except RuntimeError as exc:  # a tensor of another shape
             raise ValueError(f"{weights_path} does not match {config_path}: {exc}") from None
-        if missing or unexpected:
-            raise ValueError(f"{weights_path} does not match {config_path}: missing {sorted(missing)}, "
-                             f"unexpected {sorted(unexpected)}")
         return model.to(device)

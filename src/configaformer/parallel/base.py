@@ -22,7 +22,6 @@ batch. DeepSpeed keeps its optimizer partitions in its own format (see deepspeed
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import shutil
 import socket
@@ -34,7 +33,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..model import CONFIG_FILE, WEIGHTS_FILE
+from ..weights import read_weights, write_pretrained
 
 
 class Engine:
@@ -100,7 +99,7 @@ class Engine:
         from ..train.checkpoint import restore_optimizer
 
         check_optimizer_format(state, self)
-        trainer.model.load_state_dict(read_full_weights(path, trainer.model))
+        trainer.model.load_state_dict(read_weights(path, trainer.model))
         restore_optimizer(trainer.optimizer, optim, state["optimizer"])
 
     def own_rng(self, rng: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -221,48 +220,15 @@ class DistributedEngine(Engine):
 
 
 # ---- the consolidated model ----------------------------------------------------------------------
-def alias_groups(model: nn.Module) -> list[list[str]]:
-    """State-dict names grouped by the tensor they name: a shared layer or a tied head has one
-    tensor under several names (the file stores it once, as Transformer.save_pretrained does)."""
-    groups: dict[int, list[str]] = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        groups.setdefault(id(tensor), []).append(name)
-    return list(groups.values())
-
-
 class FullWeights:
-    """A gathered model state that writes itself as Transformer.save_pretrained would."""
+    """A gathered model state (`tensors`: at least the first name of each alias group) that writes
+    itself as Transformer.save_pretrained does."""
 
     def __init__(self, config, tensors: dict[str, torch.Tensor], groups: list[list[str]]):
-        self.config, self.groups = config, groups
-        self.tensors = {names[0]: tensors[names[0]].detach().cpu().contiguous() for names in groups}
+        self.config, self.tensors, self.groups = config, tensors, groups
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        from ..fileio import atomic_write, write_text_atomic
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        aliases = {alias: names[0] for names in self.groups for alias in names[1:]}
-        metadata = {"format": "pt", **aliases}  # as safetensors.torch.save_model writes it
-        atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(self.tensors, tmp, metadata=metadata))
-        write_text_atomic(directory / CONFIG_FILE, json.dumps(self.config.to_dict(), indent=2) + "\n")
-        return directory
-
-
-def read_full_weights(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
-    """A checkpoint's model.safetensors as a full state dict for `model`, every alias filled in."""
-    from safetensors.torch import load_file
-
-    stored = load_file(str(Path(path) / WEIGHTS_FILE))
-    full = {}
-    for names in alias_groups(model):
-        found = [n for n in names if n in stored]
-        if not found:
-            raise ValueError(f"{path / WEIGHTS_FILE} lacks {names[0]}: it was written for another model")
-        full.update({n: stored[found[0]] for n in names})
-    return full
+        return write_pretrained(directory, self.config, self.tensors, self.groups)
 
 
 def check_optimizer_format(state: dict, engine: Engine) -> None:

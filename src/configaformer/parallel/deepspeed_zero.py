@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, Problem
-from .base import DistributedEngine, FullWeights, alias_groups
+from ..weights import alias_groups
+from .base import DistributedEngine, FullWeights
 
 DS_DIR, DS_TAG = "deepspeed", "state"
 OWNED_BY_RUN = {"optimizer": "train.lr, train.betas, train.eps, train.weight_decay",

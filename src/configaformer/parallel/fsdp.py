@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from ..errors import Problem
-from .base import DistributedEngine, FullWeights, alias_groups, check_optimizer_format, read_full_weights
+from ..weights import alias_groups, read_weights
+from .base import DistributedEngine, FullWeights, check_optimizer_format
 
 
 def check(run) -> list[Problem]:
@@ -93,7 +94,7 @@ class FSDPEngine(DistributedEngine):
         check_optimizer_format(state, self)
         # Every rank reads the whole files and keeps its own shard. (set_model_state_dict would do the
         # same, but leaves the second name of a shared layer's weights undistributed.)
-        full = read_full_weights(path, trainer.model)
+        full = read_weights(path, trainer.model)
         tensors = trainer.model.state_dict(keep_vars=True)
         with torch.no_grad():
             for names in alias_groups(trainer.model):
