@@ -98,8 +98,8 @@ def test_positions_outside_the_model_are_refused(stdlib_data, tmp_path):
     with pytest.raises(ValueError, match=r"positions \[2, 5\] are outside the model's 2 layers \(valid: 0..1\)"):
         apply_activation_checkpointing(model, [0, 5, 2])
     assert all(type(layer) is Layer for layer in model.layers)  # nothing applied
-    run = {"model": tiny([ATTN, FFN], vocab_size=258), "data": {"path": str(stdlib_data)}, "out_dir": str(tmp_path / "r"),
-           "train": {"max_steps": 1, "activation_checkpointing": [1, 2], "progress": False}}
+    run = {"model": tiny([ATTN, FFN], vocab_size=258), "data": {"path": str(stdlib_data)},
+           "out_dir": str(tmp_path / "r"), "train": {"max_steps": 1, "activation_checkpointing": [1, 2]}}
     with pytest.raises(ConfigError, match=r"train.activation_checkpointing: positions \[2\] are outside"):
         Trainer(load_run_config(run))
     assert not (tmp_path / "r").exists()

@@ -2,14 +2,18 @@
 
 The Trainer (configaformer.train.loop) reaches an engine only through these calls, in this order:
 
-    engine = make_engine(run)                 # rank / world size from the launcher's environment
+    engine = make_engine(run, precision)      # rank / world size from the launcher's environment
     device = engine.setup(device)             # joins the process group (multi-process engines)
     train_model, optimizer = engine.prepare(model, make_optimizer)
     per micro-batch:  with engine.accumulating(skip_sync): engine.backward(loss)
     per step:         grad_norm = engine.update(model, optimizer, max_norm); engine.mean(loss)
     evaluation:       engine.reduce_sum(totals)
-    checkpoints:      engine.save(trainer, best), engine.load(trainer, path, state, optim)
+    checkpoints:      engine.save(CheckpointRequest(...)), engine.load(model, optimizer, path, state, optim)
     at the end:       engine.sample_model(model, checkpoint), engine.close()
+
+Everything an engine needs comes through these calls: the arrows run one way (train uses
+parallel; nothing here imports configaformer.train). The trainer owns the checkpoint files; an
+engine gathers what is sharded and hands it to the trainer's `CheckpointRequest.write` on rank 0.
 
 Checkpoints. Every engine writes the model as one consolidated `model.safetensors` + `config.json`
 (rank 0, after gathering), so `Transformer.from_pretrained(checkpoint_dir)` loads it in a single
@@ -26,6 +30,7 @@ import math
 import shutil
 import socket
 import sys
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
@@ -36,14 +41,27 @@ from torch import nn
 from ..weights import read_weights, write_pretrained
 
 
+@dataclass
+class CheckpointRequest:
+    """What the trainer hands `Engine.save` to write one checkpoint (every rank builds one)."""
+
+    model: nn.Module  # the unwrapped model (sharded in place by some engines)
+    optimizer: torch.optim.Optimizer  # the one `prepare` returned
+    rng: dict[str, torch.Tensor]  # this rank's random states at the last step boundary
+    staging: Path  # where every rank may write its part (rank 0 creates it), not yet existing
+    # write(weights, optimizer or its state dict or None, every rank's rng, staging or None) -> the
+    # checkpoint's path; rank 0 calls it once, with the gathered pieces
+    write: Callable[[Any, Any, dict[str, torch.Tensor], Path | None], Path]
+
+
 class Engine:
     """One process: what `configaformer train` does without `distributed` (engine `none`)."""
 
     name = "none"
     sharded = False  # parameters live partly on other ranks: sample from the saved checkpoint
 
-    def __init__(self, run, rank: int = 0, world_size: int = 1, local_rank: int = 0):
-        self.run, self.section = run, run.distributed
+    def __init__(self, run, precision: str, rank: int = 0, world_size: int = 1, local_rank: int = 0):
+        self.run, self.section, self.precision = run, run.distributed, precision  # precision: resolved, not auto
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self.device = torch.device("cpu")
 
@@ -87,20 +105,17 @@ class Engine:
         return value
 
     # -- checkpoints
-    def save(self, trainer, best: bool) -> Path | None:
-        from ..train.checkpoint import save_checkpoint
+    def save(self, request: CheckpointRequest) -> Path | None:
+        """Write a checkpoint (every rank enters); its path on rank 0."""
+        return request.write(request.model, request.optimizer, request.rng, None)
 
-        return save_checkpoint(trainer.run_dir, trainer.model, trainer.optimizer, trainer.state(),
-                               trainer._boundary["rng"], trainer.run.checkpoint.keep_last,
-                               best and trainer.run.checkpoint.keep_best)
-
-    def load(self, trainer, path: Path, state: dict, optim: dict[str, torch.Tensor]) -> None:
-        """Restore the model and optimizer of `trainer` from checkpoint `path` (every rank)."""
-        from ..train.checkpoint import restore_optimizer
-
+    def load(self, model: nn.Module, optimizer, path: Path, state: dict, optimizer_state: dict | None) -> None:
+        """Restore `model` and the `optimizer` from `prepare` out of checkpoint `path` (every rank):
+        `state` is its state.json, `optimizer_state` its optimizer state in the single-process
+        format (None where an engine kept its own)."""
         check_optimizer_format(state, self)
-        trainer.model.load_state_dict(read_weights(path, trainer.model))
-        restore_optimizer(trainer.optimizer, optim, state["optimizer"])
+        model.load_state_dict(read_weights(path, model))
+        optimizer.load_state_dict(optimizer_state)
 
     def own_rng(self, rng: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """This rank's random states out of a checkpoint's rng file."""
@@ -173,23 +188,19 @@ class DistributedEngine(Engine):
     def save_engine_state(self, staging: Path) -> None:
         """Write what only the engine can write (its sharded state) into the staging directory."""
 
-    def save(self, trainer, best: bool) -> Path | None:
-        from ..train.checkpoint import save_checkpoint, staging_dir
-
-        staging = staging_dir(trainer.run_dir, trainer.step)
+    def save(self, request: CheckpointRequest) -> Path | None:
+        staging = request.staging
         if self.is_main:
             shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
             staging.mkdir(parents=True)
         self.barrier()
         self.save_engine_state(staging)
-        weights = self.full_weights(trainer.model)
-        optim = self.full_optimizer_state(trainer.optimizer)
-        rng = self.gather_rng(trainer._boundary["rng"])
+        weights = self.full_weights(request.model)
+        optim = self.full_optimizer_state(request.optimizer)
+        rng = self.gather_rng(request.rng)
         path = None
         if self.is_main:
-            path = save_checkpoint(trainer.run_dir, weights, optim, trainer.state(), rng,
-                                   trainer.run.checkpoint.keep_last, best and trainer.run.checkpoint.keep_best,
-                                   staging=staging)
+            path = request.write(weights, optim, rng, staging)
         self.barrier()  # no rank goes on (or reads `latest`) before the checkpoint is in place
         return path
 
