@@ -107,7 +107,7 @@ def test_lazy_layer_has_no_qk_and_reuses_the_map():
     scores = q @ k.transpose(-2, -1) / (8 ** 0.5)
     scores = scores.masked_fill(torch.ones(9, 9, dtype=torch.bool).triu(1), float("-inf"))
     attn_map = torch.softmax(scores, -1)
-    torch.testing.assert_close(seen_lazy["state"]["attn_map"], attn_map, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(seen_lazy["state"][("attn_map", 0)], attn_map, rtol=1e-5, atol=1e-6)
     # The lazy layer's output is out_proj(map @ v) with its own v.
     v = split_heads(lazy.v_proj(seen_lazy["h"]), 4)
     expected = lazy.out_proj(merge_heads(attn_map @ v))
@@ -126,7 +126,7 @@ def test_residual_attention_adds_exactly_the_previous_scores():
     cos, sin = seen_first["ctx"].rotary[4]
     q, k = apply_rotary(split_heads(q, 4), cos, sin), apply_rotary(split_heads(k, 4), cos, sin)
     prev = q @ k.transpose(-2, -1) / (8 ** 0.5)
-    torch.testing.assert_close(seen_second["state"]["attn_scores"], prev, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(seen_second["state"][("attn_scores", 0)], prev, rtol=1e-5, atol=1e-6)
     q, k, v = (split_heads(t, 4) for t in second.qkv(seen_second["h"]).chunk(3, dim=-1))
     scores = q @ k.transpose(-2, -1) / (8 ** 0.5) + prev
     scores = scores.masked_fill(torch.ones(7, 7, dtype=torch.bool).triu(1), float("-inf"))

@@ -101,7 +101,7 @@ def test_logit_softcap_bounds_the_scores():
     with torch.no_grad():
         model.layers[0].block.qkv.weight.mul_(50)
     seen = {}
-    model.layers[1].block.register_forward_hook(lambda m, args, out: seen.update(scores=args[1].state["attn_scores"]))
+    model.layers[1].block.register_forward_hook(lambda m, args, out: seen.update(scores=args[1].consume("attn_scores")))
     model(torch.randint(0, VOCAB, (2, 8)))
     assert seen["scores"].abs().max() <= 2.0 and seen["scores"].abs().max() > 1.9
 

@@ -221,6 +221,15 @@ def test_a_shared_producer_keeps_its_map_for_a_later_lazy_layer():
     torch.testing.assert_close(shared(ids)[0], copies(ids)[0], rtol=1e-6, atol=1e-6)
 
 
+def test_a_shared_consumer_reads_the_producer_of_each_position_it_runs_at():
+    residual = dict(ATTN, residual_attention_bool=True)  # module 1 reads layer 0's scores, then layer 2's
+    shared = Transformer(tiny([ATTN, residual, dict(ATTN, share_weights_with=0), dict(residual, share_weights_with=1)]))
+    copies = Transformer(tiny([ATTN, residual, ATTN, residual])).eval()
+    copies.load_state_dict(shared.state_dict())
+    ids = torch.randint(0, VOCAB, (2, 6))
+    torch.testing.assert_close(shared.eval()(ids)[0], copies(ids)[0], rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("layers, words", [
     ([dict(ATTN, share_weights_with=0)], "valid: none: layers[0] has no earlier layer"),
     ([ATTN, dict(ATTN, share_weights_with=1)], "1 is not an earlier layer; valid: the index of an earlier layer, 0..0"),

@@ -76,7 +76,7 @@ def config_with(data, tmp_path, distributed, **train_settings):
 
 
 def problems(run, world_size=2):
-    return "\n".join(str(p) for p in check_distributed(run, world_size))
+    return "\n".join(str(p) for p in check_distributed(run, world_size, "fp32"))
 
 
 def test_the_distributed_section_is_strict(stdlib_data, tmp_path):
@@ -97,7 +97,7 @@ def test_a_missing_engine_package_names_distributed_engine(stdlib_data, tmp_path
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a))
     with pytest.raises(ConfigError, match=rf"distributed.engine: '{engine}' needs the {package} package, which is "
                                           rf"not installed \(.*{words}"):
-        make_engine(config_with(stdlib_data, tmp_path, {"engine": engine}))
+        make_engine(config_with(stdlib_data, tmp_path, {"engine": engine}), "fp32")
 
 
 def test_xla_without_torch_xla_fails_before_anything_starts(stdlib_data, tmp_path):
@@ -112,7 +112,7 @@ def test_one_process_engine_refuses_a_multi_process_launch(stdlib_data, tmp_path
     for key, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(ConfigError, match="distributed.engine: is 'none', but 2 processes were launched"):
-        make_engine(config_with(stdlib_data, tmp_path, None))
+        make_engine(config_with(stdlib_data, tmp_path, None), "fp32")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
@@ -151,14 +151,14 @@ def test_deepspeed_config_passes_consistent_batch_settings(stdlib_data, tmp_path
                         {"train_batch_size": "auto", "zero_optimization": {"stage": 3, "reduce_bucket_size": 1000}},
                         batch_size=3, grad_accum=5, precision="fp32")
     for world_size in (1, 2, 8):
-        config = deepspeed_config(run, world_size)
+        config = deepspeed_config(run, world_size, "fp32")
         assert config["train_batch_size"] == 3 * 5 * world_size
         assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]) == (3, 5)
     offload = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     assert config["zero_optimization"] == {"stage": 3, "reduce_bucket_size": 1000, "offload_optimizer": offload}
     assert config["gradient_clipping"] == 1.0 and not config["bf16"]["enabled"] and not config["fp16"]["enabled"]
     assert "optimizer" not in config and not config["zero_force_ds_cpu_optimizer"]  # our AdamW, also offloaded
-    generated = deepspeed_config(deepspeed_run(stdlib_data, tmp_path, precision="fp32"), 2)
+    generated = deepspeed_config(deepspeed_run(stdlib_data, tmp_path, precision="fp32"), 2, "fp32")
     assert generated["zero_optimization"] == {"stage": 2} and generated["train_batch_size"] == GLOBAL_BATCH * 2
 
 
@@ -170,7 +170,7 @@ def test_deepspeed_config_passes_consistent_batch_settings(stdlib_data, tmp_path
 def test_deepspeed_options_a_stage_cannot_run_are_refused(stdlib_data, tmp_path, deepspeed, train_settings, words):
     run = deepspeed_run(stdlib_data, tmp_path, deepspeed, precision="fp32", **train_settings)
     with pytest.raises(ConfigError, match=words):
-        make_engine(run) if importlib.util.find_spec("deepspeed") else deepspeed_config(run, 1)
+        make_engine(run, "fp32") if importlib.util.find_spec("deepspeed") else deepspeed_config(run, 1, "fp32")
 
 
 def test_the_deepspeed_launcher_local_rank_argument_is_ignored(stdlib_data, tmp_path):
@@ -194,11 +194,12 @@ def test_resume_refuses_an_engine_format_another_engine_cannot_read(stdlib_data,
     with pytest.raises(TrainingError, match="--resume: the checkpoint's optimizer state is in deepspeed's own format; "
                                             "resume it with distributed.engine: deepspeed"):
         Trainer(load_run_config(run_config(stdlib_data, tmp_path / "r")), resume=True)
-    engine = DeepSpeedEngine(deepspeed_run(stdlib_data, tmp_path, {"zero_stage": 2}, precision="fp32"), 0, 4, 0)
-    engine.config = deepspeed_config(engine.run, 4)
+    run = deepspeed_run(stdlib_data, tmp_path, {"zero_stage": 2}, precision="fp32")
+    engine = DeepSpeedEngine(run, "fp32", 0, 4, 0)
+    engine.config = deepspeed_config(engine.run, 4, "fp32")
     with pytest.raises(ValueError, match="written with world_size 2, this run has 4: DeepSpeed's partitions resume "
                                          "only with the same number of processes"):
-        engine.load(None, path, state, {})
+        engine.load(None, None, path, state, None)
 
 
 # ---- one process through the engines' code (no launcher: a private one-process group) --------

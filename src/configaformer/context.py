@@ -4,15 +4,46 @@ The model builds one `ForwardContext` per call and hands it to every layer as `f
 It holds positions, the caller's padding mask, rotary tables per rotary width, attention masks
 and position biases (memoised, so layers with equal settings share one tensor), and `state`:
 cross-layer tensors such as an attention map that an earlier layer produced for a later one.
-Layers write to `state` only what the builder's `LayerPlan.keep` says some later layer reads.
+
+Cross-layer tensors go through two calls, keyed by the layer that produced them, so that every
+reader gets its own producer's tensor however often layers run (a shared module at several
+positions, a layer recomputed by activation checkpointing after later layers ran):
+
+    ctx.produce("attn_map", probs)      # kept only if a later layer reads it from this position
+    probs = ctx.consume("attn_map")     # from the producer in this position's LayerPlan.sources
+
+The model calls `enter_layer(i)` before layer i, which also drops the tensors whose last reader
+has run. `Wiring` holds who reads what, per position, from the builder's plans.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from .config import LayerPlan
+
+StateKey = tuple[str, int]  # (tensor name, position of the layer that produced it)
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """Which cross-layer tensors each layer position reads, from the builder's per-position plans
+    (a module shared by several positions reads, at each, from that position's own sources)."""
+
+    sources: tuple[dict[str, int], ...] = ()  # position -> {name: producing position}
+    last_reader: dict[StateKey, int] = field(default_factory=dict)  # the last position reading each tensor
+    released: tuple[tuple[StateKey, ...], ...] = ()  # position -> tensors no position from it on reads
+
+    @classmethod
+    def from_plans(cls, plans: Sequence[LayerPlan]) -> Wiring:
+        last = {(name, src): plan.index for plan in plans for name, src in plan.sources.items()}
+        released = tuple(tuple(key for key, reader in last.items() if reader == position - 1)
+                         for position in range(len(plans)))
+        return cls(tuple(dict(plan.sources) for plan in plans), last, released)
 
 
 @dataclass
@@ -28,12 +59,51 @@ class ForwardContext:
     offset: int = 0  # positions already processed and cached (incremental decoding); 0 otherwise
     cache: Any = None  # a generation.DecodeCache while decoding incrementally, else None
     layer_index: int = 0  # position of the layer running now (set by the model; keys decoding state)
-    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    wiring: Wiring = field(default_factory=Wiring)
+    state: dict[StateKey, torch.Tensor] = field(default_factory=dict)  # use produce / consume
     _memo: dict[Any, Any] = field(default_factory=dict)
 
     def decode_state(self) -> dict | None:
         """The decoding state of the layer running now (None unless decoding with a cache)."""
         return None if self.cache is None else self.cache.layer(self.layer_index)
+
+    def enter_layer(self, index: int) -> None:
+        """Called by the model before the layer at position `index` runs."""
+        self.layer_index = index
+        if index < len(self.wiring.released):
+            for key in self.wiring.released[index]:
+                self.state.pop(key, None)
+
+    def produce(self, name: str, tensor: torch.Tensor) -> None:
+        """Hand `tensor` on as this position's `name` to the later layers that read it (none: a no-op)."""
+        key = (name, self.layer_index)
+        if key in self.wiring.last_reader:
+            self.state[key] = tensor
+
+    def consume(self, name: str) -> torch.Tensor | None:
+        """The `name` tensor of the layer this position reads it from; None if there is none."""
+        source = self._sources().get(name)
+        return None if source is None else self.state[(name, source)]
+
+    def layer_inputs(self) -> dict[StateKey, torch.Tensor]:
+        """The cross-layer tensors the layer running now reads."""
+        return {key: self.state[key] for key in self._sources().items() if key in self.state}
+
+    def _sources(self) -> dict[str, int]:
+        """{name: producing position} for the position running now (none in a context built by hand)."""
+        sources = self.wiring.sources
+        return sources[self.layer_index] if self.layer_index < len(sources) else {}
+
+    def isolated(self, index: int, inputs: dict[StateKey, torch.Tensor]) -> ForwardContext:
+        """A copy for running the layer at position `index` on its own, as activation checkpointing
+        recomputes it in backward after later layers ran: it reads only `inputs` (what
+        `layer_inputs()` gave at that position), and what it produces stays in the copy's `state`
+        (`produced()`). Its own memo: masks it builds are not shared."""
+        return replace(self, layer_index=index, state=dict(inputs), _memo=dict(self._memo))
+
+    def produced(self) -> dict[StateKey, torch.Tensor]:
+        """The cross-layer tensors the layer at this position produced."""
+        return {key: t for key, t in self.state.items() if key[1] == self.layer_index}
 
     def memo(self, key: Any, make: Callable[[], Any]) -> Any:
         """`make()` once per forward for each key; later calls with the same key reuse it."""

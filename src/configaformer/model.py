@@ -16,14 +16,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from . import blocks  # noqa: F401  (registers the built-in blocks)
 from .blocks.base import Layer
 from .config import ModelConfig, plan_wiring, resolve_config
 from .config.resolve import ConfigLike
-from .context import ForwardContext
-from .fileio import atomic_write
+from .context import ForwardContext, Wiring
 from .generation import DecodeCache, generate
 from .layers.abs_position import make_abs_positions
 from .layers.heads import make_head
@@ -31,9 +29,7 @@ from .layers.losses import linear_cross_entropy
 from .layers.norms import make_norm
 from .positional.rotary import RotaryTable
 from .registry import get_block
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+from .weights import CONFIG_FILE, WEIGHTS_FILE, alias_groups, read_weights, write_pretrained
 
 
 class Transformer(nn.Module):
@@ -48,6 +44,7 @@ class Transformer(nn.Module):
         cfg = resolve_config(config)  # raises ConfigError before any tensor exists
         self.config: ModelConfig = cfg
         plans, _ = plan_wiring(cfg.layers)
+        self.wiring = Wiring.from_plans(plans)  # who reads which cross-layer tensor, per position
 
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.emb_size)
         self.emb_proj = nn.Linear(cfg.emb_size, cfg.dim_model, bias=False) if cfg.emb_size != cfg.dim_model else None
@@ -71,7 +68,6 @@ class Transformer(nn.Module):
         self.final_norm = make_norm(cfg.norm_type, cfg.dim_model, cfg.norm_eps) if cfg.final_norm_bool else None
         self.heads = nn.ModuleList(make_head(head, cfg, self.embedding) for head in cfg.classifiers)
         self.head_names = [head.name for head in cfg.classifiers]
-        self.checkpoint_layers: frozenset[int] = frozenset()  # activation checkpointing (set by training)
         self.reset_parameters()
 
     # ---- initialisation ------------------------------------------------------------------------
@@ -149,11 +145,8 @@ class Transformer(nn.Module):
         if self.emb_dropout is not None:
             x = self.emb_dropout(x)
         for index, layer in enumerate(self.layers):
-            ctx.layer_index = index  # a shared Layer module keeps one decoding state per use
-            if index in self.checkpoint_layers and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, ctx, use_reentrant=False)  # recompute activations in backward
-            else:
-                x = layer(x, ctx)
+            ctx.enter_layer(index)  # a shared Layer module keeps one decoding state and one wiring per use
+            x = layer(x, ctx)
         if cache is not None:
             cache.offset += length
         return x if self.final_norm is None else self.final_norm(x)
@@ -168,7 +161,7 @@ class Transformer(nn.Module):
             positions = (padding_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
         offset = 0 if cache is None else cache.offset
         ctx = ForwardContext(seq_len=length, device=device, dtype=dtype, padding_mask=padding_mask,
-                             positions=positions, offset=offset, cache=cache)
+                             positions=positions, offset=offset, cache=cache, wiring=self.wiring)
         for dim, table in self.rotary.items():
             ctx.rotary[int(dim)] = table(length, positions, dtype, offset)
         return ctx
@@ -235,22 +228,13 @@ class Transformer(nn.Module):
 
     # ---- save / load ---------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write config.json (the resolved config) and model.safetensors into `directory`, atomically."""
-        from safetensors.torch import save_model
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(self, tmp))
-        text = json.dumps(self.config.to_dict(), indent=2) + "\n"
-        atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-        return directory
+        """Write config.json (the resolved config) and model.safetensors into `directory`, atomically
+        (each shared tensor once: see configaformer.weights)."""
+        return write_pretrained(directory, self.config, self.state_dict(), alias_groups(self))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> Transformer:
         """Rebuild the model saved by `save_pretrained` (no pickle: JSON + safetensors)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_model
-
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         for path in (config_path, weights_path):
@@ -261,13 +245,9 @@ class Transformer(nn.Module):
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{config_path} is not valid JSON: {exc}") from None
         model = cls(config)
+        weights = read_weights(directory, model)  # ValueError: unreadable, or other tensors than the model's
         try:
-            missing, unexpected = load_model(model, weights_path, strict=False, device=str(device))
-        except (SafetensorError, OSError) as exc:
-            raise ValueError(f"{weights_path} is not a readable safetensors file: {exc}") from None
-        except RuntimeError as exc:
+            model.load_state_dict(weights)
+        except RuntimeError as exc:  # a tensor of another shape
             raise ValueError(f"{weights_path} does not match {config_path}: {exc}") from None
-        if missing or unexpected:
-            raise ValueError(f"{weights_path} does not match {config_path}: missing {sorted(missing)}, "
-                             f"unexpected {sorted(unexpected)}")
         return model.to(device)

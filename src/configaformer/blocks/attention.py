@@ -296,7 +296,7 @@ class Attention(Block):
             if self.rotate_v:
                 v = apply_rotary(v, *rotary)
             v = self._keys(v, "memory_v", ctx)
-            probs = ctx.state["attn_map"]  # (B, H, L, M + L), masked and normalised by its producer
+            probs = ctx.consume("attn_map")  # (B, H, L, M + L), masked and normalised by its producer
             out = self._dropout(probs) @ self._expand_kv(v)
         else:
             qkv = self.qkv(h)  # (B, L, dim_attn + 2 * dim_kv)
@@ -312,7 +312,7 @@ class Attention(Block):
                 v = apply_rotary(v, *rotary)
             k, v = self._keys(k, "memory_k", ctx), self._keys(v, "memory_v", ctx)  # (B, G, M + offset + L, Dh)
             bias = self._position_bias(ctx, h.dtype)
-            prev = ctx.state.get("attn_scores") if self.residual else None
+            prev = ctx.consume("attn_scores") if self.residual else None
             if prev is not None:
                 bias = prev if bias is None else bias + prev
             attend = self._explicit if self.explicit else self._fused
@@ -385,7 +385,7 @@ class Attention(Block):
         if self.softcap is not None:
             scores = self.softcap * torch.tanh(scores / self.softcap)
         if self.keep_scores:
-            ctx.state["attn_scores"] = scores
+            ctx.produce("attn_scores", scores)
         mask = self._mask(ctx)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
@@ -393,7 +393,7 @@ class Attention(Block):
         if self.talking_heads:
             probs = torch.einsum("bhij,gh->bgij", probs, self.post_mix)
         if self.keep_map:
-            ctx.state["attn_map"] = probs
+            ctx.produce("attn_map", probs)
         return self._dropout(probs) @ v
 
     def _fused(self, q, k, v, bias, ctx: ForwardContext) -> torch.Tensor:

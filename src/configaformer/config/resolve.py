@@ -29,6 +29,10 @@ class LayerPlan:
 
     keep: cross-layer tensors this layer must materialise and hand on (a later layer reads them).
     sources: for each tensor this layer reads, the index of the layer that produces it.
+
+    Every position has its own plan. A module shared by several positions is built with its
+    owner's plan (whose `keep` is the union of theirs); at each position it reads from that
+    position's `sources`, which the model hands to `ForwardContext.consume` (context.Wiring).
     """
 
     index: int

@@ -33,7 +33,7 @@ import os
 import torch
 
 from ..errors import ConfigError, Problem
-from .base import DistributedEngine, Engine, launched
+from .base import CheckpointRequest, DistributedEngine, Engine, launched
 
 ENGINES = {"none": ("base", "Engine"), "ddp": ("ddp", "DDPEngine"), "fsdp": ("fsdp", "FSDPEngine"),
            "deepspeed": ("deepspeed_zero", "DeepSpeedEngine"), "xla": ("xla", "XLAEngine")}
@@ -48,8 +48,9 @@ def launch_env() -> tuple[int, int, int]:
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def check_distributed(run, world_size: int) -> list[Problem]:
-    """Every problem of the run's `distributed` section for this world size (no process group needed)."""
+def check_distributed(run, world_size: int, precision: str) -> list[Problem]:
+    """Every problem of the run's `distributed` section for this world size and precision (fp32,
+    bf16 or fp16: train.precision resolved for the device); no process group needed."""
     section, engine = run.distributed, run.distributed.engine
     problems = [Problem(f"distributed.{key}", f"is set, but distributed.engine is {engine!r}")
                 for key in ("fsdp", "deepspeed") if key in section.model_fields_set and engine != key]
@@ -69,21 +70,22 @@ def check_distributed(run, world_size: int) -> list[Problem]:
         problems.append(Problem("distributed.backend", "nccl needs CUDA devices; use gloo (or auto) on CPUs"))
     module = importlib.import_module(f".{ENGINES[engine][0]}", __name__)
     if engine == "deepspeed":
-        problems += module.check(run, world_size)
+        problems += module.check(run, world_size, precision)
     elif hasattr(module, "check"):
         problems += module.check(run)
     return problems
 
 
-def make_engine(run) -> Engine:
-    """The engine the run file asks for, for the processes the launcher started; a ConfigError
-    naming the setting when it cannot run."""
+def make_engine(run, precision: str) -> Engine:
+    """The engine the run file asks for, for the processes the launcher started and the run's
+    resolved precision; a ConfigError naming the setting when it cannot run."""
     rank, world_size, local_rank = launch_env()
-    problems = check_distributed(run, world_size)
+    problems = check_distributed(run, world_size, precision)
     if problems:
         raise ConfigError(problems)
     module, name = ENGINES[run.distributed.engine]
-    return getattr(importlib.import_module(f".{module}", __name__), name)(run, rank, world_size, local_rank)
+    engine_cls = getattr(importlib.import_module(f".{module}", __name__), name)
+    return engine_cls(run, precision, rank, world_size, local_rank)
 
 
-__all__ = ["DistributedEngine", "ENGINES", "Engine", "check_distributed", "launch_env", "make_engine"]
+__all__ = ["CheckpointRequest", "DistributedEngine", "ENGINES", "Engine", "check_distributed", "launch_env", "make_engine"]

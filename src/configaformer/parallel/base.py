@@ -2,14 +2,18 @@
 
 The Trainer (configaformer.train.loop) reaches an engine only through these calls, in this order:
 
-    engine = make_engine(run)                 # rank / world size from the launcher's environment
+    engine = make_engine(run, precision)      # rank / world size from the launcher's environment
     device = engine.setup(device)             # joins the process group (multi-process engines)
     train_model, optimizer = engine.prepare(model, make_optimizer)
     per micro-batch:  with engine.accumulating(skip_sync): engine.backward(loss)
     per step:         grad_norm = engine.update(model, optimizer, max_norm); engine.mean(loss)
     evaluation:       engine.reduce_sum(totals)
-    checkpoints:      engine.save(trainer, best), engine.load(trainer, path, state, optim)
+    checkpoints:      engine.save(CheckpointRequest(...)), engine.load(model, optimizer, path, state, optim)
     at the end:       engine.sample_model(model, checkpoint), engine.close()
+
+Everything an engine needs comes through these calls: the arrows run one way (train uses
+parallel; nothing here imports configaformer.train). The trainer owns the checkpoint files; an
+engine gathers what is sharded and hands it to the trainer's `CheckpointRequest.write` on rank 0.
 
 Checkpoints. Every engine writes the model as one consolidated `model.safetensors` + `config.json`
 (rank 0, after gathering), so `Transformer.from_pretrained(checkpoint_dir)` loads it in a single
@@ -22,11 +26,11 @@ batch. DeepSpeed keeps its optimizer partitions in its own format (see deepspeed
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import shutil
 import socket
 import sys
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +38,20 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..model import CONFIG_FILE, WEIGHTS_FILE
+from ..weights import read_weights, write_pretrained
+
+
+@dataclass
+class CheckpointRequest:
+    """What the trainer hands `Engine.save` to write one checkpoint (every rank builds one)."""
+
+    model: nn.Module  # the unwrapped model (sharded in place by some engines)
+    optimizer: torch.optim.Optimizer  # the one `prepare` returned
+    rng: dict[str, torch.Tensor]  # this rank's random states at the last step boundary
+    staging: Path  # where every rank may write its part (rank 0 creates it), not yet existing
+    # write(weights, optimizer or its state dict or None, every rank's rng, staging or None) -> the
+    # checkpoint's path; rank 0 calls it once, with the gathered pieces
+    write: Callable[[Any, Any, dict[str, torch.Tensor], Path | None], Path]
 
 
 class Engine:
@@ -43,8 +60,8 @@ class Engine:
     name = "none"
     sharded = False  # parameters live partly on other ranks: sample from the saved checkpoint
 
-    def __init__(self, run, rank: int = 0, world_size: int = 1, local_rank: int = 0):
-        self.run, self.section = run, run.distributed
+    def __init__(self, run, precision: str, rank: int = 0, world_size: int = 1, local_rank: int = 0):
+        self.run, self.section, self.precision = run, run.distributed, precision  # precision: resolved, not auto
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self.device = torch.device("cpu")
 
@@ -88,20 +105,17 @@ class Engine:
         return value
 
     # -- checkpoints
-    def save(self, trainer, best: bool) -> Path | None:
-        from ..train.checkpoint import save_checkpoint
+    def save(self, request: CheckpointRequest) -> Path | None:
+        """Write a checkpoint (every rank enters); its path on rank 0."""
+        return request.write(request.model, request.optimizer, request.rng, None)
 
-        return save_checkpoint(trainer.run_dir, trainer.model, trainer.optimizer, trainer.state(),
-                               trainer._boundary["rng"], trainer.run.checkpoint.keep_last,
-                               best and trainer.run.checkpoint.keep_best)
-
-    def load(self, trainer, path: Path, state: dict, optim: dict[str, torch.Tensor]) -> None:
-        """Restore the model and optimizer of `trainer` from checkpoint `path` (every rank)."""
-        from ..train.checkpoint import restore_optimizer
-
+    def load(self, model: nn.Module, optimizer, path: Path, state: dict, optimizer_state: dict | None) -> None:
+        """Restore `model` and the `optimizer` from `prepare` out of checkpoint `path` (every rank):
+        `state` is its state.json, `optimizer_state` its optimizer state in the single-process
+        format (None where an engine kept its own)."""
         check_optimizer_format(state, self)
-        trainer.model.load_state_dict(read_full_weights(path, trainer.model))
-        restore_optimizer(trainer.optimizer, optim, state["optimizer"])
+        model.load_state_dict(read_weights(path, model))
+        optimizer.load_state_dict(optimizer_state)
 
     def own_rng(self, rng: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """This rank's random states out of a checkpoint's rng file."""
@@ -174,23 +188,19 @@ class DistributedEngine(Engine):
     def save_engine_state(self, staging: Path) -> None:
         """Write what only the engine can write (its sharded state) into the staging directory."""
 
-    def save(self, trainer, best: bool) -> Path | None:
-        from ..train.checkpoint import save_checkpoint, staging_dir
-
-        staging = staging_dir(trainer.run_dir, trainer.step)
+    def save(self, request: CheckpointRequest) -> Path | None:
+        staging = request.staging
         if self.is_main:
             shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
             staging.mkdir(parents=True)
         self.barrier()
         self.save_engine_state(staging)
-        weights = self.full_weights(trainer.model)
-        optim = self.full_optimizer_state(trainer.optimizer)
-        rng = self.gather_rng(trainer._boundary["rng"])
+        weights = self.full_weights(request.model)
+        optim = self.full_optimizer_state(request.optimizer)
+        rng = self.gather_rng(request.rng)
         path = None
         if self.is_main:
-            path = save_checkpoint(trainer.run_dir, weights, optim, trainer.state(), rng,
-                                   trainer.run.checkpoint.keep_last, best and trainer.run.checkpoint.keep_best,
-                                   staging=staging)
+            path = request.write(weights, optim, rng, staging)
         self.barrier()  # no rank goes on (or reads `latest`) before the checkpoint is in place
         return path
 
@@ -221,48 +231,15 @@ class DistributedEngine(Engine):
 
 
 # ---- the consolidated model ----------------------------------------------------------------------
-def alias_groups(model: nn.Module) -> list[list[str]]:
-    """State-dict names grouped by the tensor they name: a shared layer or a tied head has one
-    tensor under several names (the file stores it once, as Transformer.save_pretrained does)."""
-    groups: dict[int, list[str]] = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        groups.setdefault(id(tensor), []).append(name)
-    return list(groups.values())
-
-
 class FullWeights:
-    """A gathered model state that writes itself as Transformer.save_pretrained would."""
+    """A gathered model state (`tensors`: at least the first name of each alias group) that writes
+    itself as Transformer.save_pretrained does."""
 
     def __init__(self, config, tensors: dict[str, torch.Tensor], groups: list[list[str]]):
-        self.config, self.groups = config, groups
-        self.tensors = {names[0]: tensors[names[0]].detach().cpu().contiguous() for names in groups}
+        self.config, self.tensors, self.groups = config, tensors, groups
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        from ..fileio import atomic_write, write_text_atomic
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        aliases = {alias: names[0] for names in self.groups for alias in names[1:]}
-        metadata = {"format": "pt", **aliases}  # as safetensors.torch.save_model writes it
-        atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(self.tensors, tmp, metadata=metadata))
-        write_text_atomic(directory / CONFIG_FILE, json.dumps(self.config.to_dict(), indent=2) + "\n")
-        return directory
-
-
-def read_full_weights(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
-    """A checkpoint's model.safetensors as a full state dict for `model`, every alias filled in."""
-    from safetensors.torch import load_file
-
-    stored = load_file(str(Path(path) / WEIGHTS_FILE))
-    full = {}
-    for names in alias_groups(model):
-        found = [n for n in names if n in stored]
-        if not found:
-            raise ValueError(f"{path / WEIGHTS_FILE} lacks {names[0]}: it was written for another model")
-        full.update({n: stored[found[0]] for n in names})
-    return full
+        return write_pretrained(directory, self.config, self.tensors, self.groups)
 
 
 def check_optimizer_format(state: dict, engine: Engine) -> None:

@@ -35,21 +35,17 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, Problem
-from .base import DistributedEngine, FullWeights, alias_groups
+from ..weights import alias_groups
+from .base import DistributedEngine, FullWeights
 
 DS_DIR, DS_TAG = "deepspeed", "state"
 OWNED_BY_RUN = {"optimizer": "train.lr, train.betas, train.eps, train.weight_decay",
                 "scheduler": "train.schedule, train.warmup_steps, train.min_lr_ratio"}
 
 
-def run_precision(run) -> str:
-    from ..train.runtime import pick_device, pick_precision
-
-    return pick_precision(run.train.precision, pick_device(run.train.device))
-
-
-def deepspeed_config(run, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed JSON for this run and world size; a ConfigError naming each disagreement."""
+def deepspeed_config(run, world_size: int, precision: str) -> dict[str, Any]:
+    """The DeepSpeed JSON for this run, world size and precision (fp32, bf16 or fp16: train.precision
+    resolved for the device); a ConfigError naming each disagreement."""
     ds, train = run.distributed.deepspeed, run.train
     where = "distributed.deepspeed.config_path"
     problems: list[Problem] = []
@@ -78,7 +74,6 @@ def deepspeed_config(run, world_size: int) -> dict[str, Any]:
     agree("train_batch_size", micro * accum * world_size,
           f"{where} (train_batch_size vs train.batch_size {micro} x train.grad_accum {accum} x {world_size} processes)")
     agree("gradient_clipping", float(train.grad_clip), f"{where} (gradient_clipping vs train.grad_clip)")
-    precision = run_precision(run)
     for key in ("bf16", "fp16"):
         node = config.setdefault(key, {})
         agree("enabled", precision == key, f"{where} ({key}.enabled vs train.precision {precision})", node)
@@ -109,9 +104,9 @@ def deepspeed_config(run, world_size: int) -> dict[str, Any]:
     return config
 
 
-def check(run, world_size: int) -> list[Problem]:
+def check(run, world_size: int, precision: str) -> list[Problem]:
     try:
-        deepspeed_config(run, world_size)
+        deepspeed_config(run, world_size, precision)
     except ConfigError as err:
         return err.problems
     return []
@@ -144,7 +139,7 @@ class DeepSpeedEngine(DistributedEngine):
     def prepare(self, model: nn.Module, make_optimizer):
         import deepspeed
 
-        self.config = deepspeed_config(self.run, self.world_size)
+        self.config = deepspeed_config(self.run, self.world_size, self.precision)
         self.ds, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=make_optimizer(), config=self.config)
         self.seed_ranks()
         return self.ds, optimizer
@@ -182,7 +177,7 @@ class DeepSpeedEngine(DistributedEngine):
     def full_optimizer_state(self, optimizer):
         return None  # in deepspeed/, written by save_engine_state
 
-    def load(self, trainer, path: Path, state: dict, optim: dict[str, torch.Tensor]) -> None:
+    def load(self, model: nn.Module, optimizer, path: Path, state: dict, optimizer_state: dict | None) -> None:
         written = state.get("distributed") or {"engine": "none", "world_size": 1}
         mine = self.describe()
         if written["engine"] != "deepspeed":

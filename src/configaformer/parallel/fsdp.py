@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from ..errors import Problem
-from .base import DistributedEngine, FullWeights, alias_groups, check_optimizer_format, read_full_weights
+from ..weights import alias_groups, read_weights
+from .base import DistributedEngine, FullWeights, check_optimizer_format
 
 
 def check(run) -> list[Problem]:
@@ -87,20 +88,19 @@ class FSDPEngine(DistributedEngine):
                 gathered.setdefault(index, {})[key] = value
         return {"state": gathered, "param_groups": state["param_groups"]} if self.is_main else None
 
-    def load(self, trainer, path: Path, state: dict, optim: dict[str, torch.Tensor]) -> None:
-        from ..train.checkpoint import restore_optimizer
-
+    def load(self, model: nn.Module, optimizer, path: Path, state: dict, optimizer_state: dict | None) -> None:
         check_optimizer_format(state, self)
         # Every rank reads the whole files and keeps its own shard. (set_model_state_dict would do the
         # same, but leaves the second name of a shared layer's weights undistributed.)
-        full = read_full_weights(path, trainer.model)
-        tensors = trainer.model.state_dict(keep_vars=True)
+        full = read_weights(path, model)
+        tensors = model.state_dict(keep_vars=True)
         with torch.no_grad():
-            for names in alias_groups(trainer.model):
+            for names in alias_groups(model):
                 tensors[names[0]].copy_(shard_like(full[names[0]], tensors[names[0]]))
-        params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
-        local = {name: shard_like(value, params[int(name.split(".", 1)[0])]) for name, value in optim.items()}
-        restore_optimizer(trainer.optimizer, local, state["optimizer"])
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        local = {index: {key: shard_like(value, params[index]) for key, value in entry.items()}
+                 for index, entry in optimizer_state["state"].items()}
+        optimizer.load_state_dict({"state": local, "param_groups": optimizer_state["param_groups"]})
 
 
 def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from ..errors import Problem
+from ..weights import alias_groups
+from .base import FullWeights
 from .ddp import DDPEngine
 
 
@@ -69,6 +71,4 @@ class XLAEngine(DDPEngine):
         return float(norm)
 
     def full_weights(self, model: nn.Module):
-        from .base import FullWeights, alias_groups
-
         return FullWeights(model.config, {k: v.cpu() for k, v in model.state_dict().items()}, alias_groups(model))

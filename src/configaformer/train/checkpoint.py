@@ -62,7 +62,8 @@ def optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def optimizer_state_dict(tensors: dict[str, torch.Tensor], meta: dict) -> dict[str, Any]:
+    """The optimizer state dict `optimizer_tensors` split, put back together."""
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         index, key = name.split(".", 1)
@@ -70,7 +71,7 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
     for name, value in meta["scalars"].items():
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def staging_dir(run_dir: Path, step: int) -> Path:
@@ -133,12 +134,13 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return root / name if name else None
 
 
-def load_checkpoint_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(state.json, optimizer tensors, rng tensors) of a checkpoint directory, with clear errors."""
+def load_checkpoint_state(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, torch.Tensor]]:
+    """(state.json, the optimizer state dict, rng tensors) of a checkpoint directory, with clear
+    errors. The optimizer state is None where a distributed engine (DeepSpeed) kept its own."""
     try:
         state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-        # None: a distributed engine (DeepSpeed) kept the optimizer state in its own format
-        optim = load_file(str(path / OPTIM_FILE)) if state.get("optimizer") is not None else {}
+        meta = state.get("optimizer")
+        optim = None if meta is None else optimizer_state_dict(load_file(str(path / OPTIM_FILE)), meta)
         rng = load_file(str(path / RNG_FILE))
     except FileNotFoundError as exc:
         raise CheckpointError(f"checkpoint {path} is incomplete: {exc.filename} is missing") from None

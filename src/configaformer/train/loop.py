@@ -25,9 +25,10 @@ from ..config import resolve_config
 from ..data import BatchLoader, DataError, TokenDataset
 from ..errors import ConfigError, Problem
 from ..model import Transformer
-from ..parallel import make_engine
+from ..parallel import CheckpointRequest, make_engine
+from ..parallel.checkpointing import apply_activation_checkpointing, checkpoint_positions
 from .baselines import compressor_bits_per_byte, eval_text_bytes
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint_state
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint_state, save_checkpoint, staging_dir
 from .config import RunConfig
 from .metrics import MetricsWriter
 from .objectives import IGNORE_INDEX, Example, causal_example, masked_example
@@ -63,11 +64,11 @@ class Trainer:
     def __init__(self, run: RunConfig, resume: bool = False):
         self.run, self.cfg = run, run.train
         self.run_dir = Path(run.out_dir)
-        self.engine = make_engine(run)  # ConfigError for distributed settings this machine cannot run
         if run.train.num_threads:
             torch.set_num_threads(run.train.num_threads)
         self.device = pick_device(run.train.device)
         self.precision = pick_precision(run.train.precision, self.device)
+        self.engine = make_engine(run, self.precision)  # ConfigError for settings this machine cannot run
         try:
             self.model_cfg = resolve_config(model_config_of(run))
         except ConfigError as err:
@@ -124,10 +125,7 @@ class Trainer:
 
     def wrap_model(self, model) -> tuple[Any, torch.optim.Optimizer]:
         """(the module to train: checkpointed, wrapped by the engine, compiled; the optimizer)."""
-        setting = self.cfg.activation_checkpointing
-        if setting:
-            layers = range(len(model.layers)) if setting is True else setting
-            model.checkpoint_layers = frozenset(layers)
+        apply_activation_checkpointing(model, self.cfg.activation_checkpointing)  # before FSDP shards the layers
         train_model, optimizer = self.engine.prepare(model, lambda: make_optimizer(model, self.cfg))
         return (torch.compile(train_model) if self.cfg.compile else train_model), optimizer
 
@@ -142,6 +140,10 @@ class Trainer:
         limit = self.model_cfg.max_seq_len
         if limit is not None and cfg.seq_len > limit:
             raise ConfigError(Problem("train.seq_len", f"{cfg.seq_len} exceeds the model's max_seq_len {limit}"))
+        try:
+            checkpoint_positions(cfg.activation_checkpointing, len(self.model_cfg.layers))
+        except ValueError as err:
+            raise ConfigError(Problem("train.activation_checkpointing", str(err))) from None
         names = [h.name for h in self.model_cfg.classifiers]
         for name in run.heads:
             if name not in names:
@@ -309,7 +311,14 @@ class Trainer:
 
     def save(self, best: bool = False) -> Path | None:
         """Every rank enters (gathering sharded state is collective); rank 0 writes."""
-        return self.engine.save(self, best)
+        keep = self.run.checkpoint
+
+        def write(weights, optimizer, rng: dict[str, torch.Tensor], staging: Path | None) -> Path:
+            return save_checkpoint(self.run_dir, weights, optimizer, self.state(), rng, keep.keep_last,
+                                   best and keep.keep_best, staging=staging)
+
+        return self.engine.save(CheckpointRequest(self.model, self.optimizer, self._boundary["rng"],
+                                                  staging_dir(self.run_dir, self.step), write))
 
     def _resume(self) -> None:
         path = latest_checkpoint(self.run_dir)
@@ -326,7 +335,7 @@ class Trainer:
             raise TrainingError(f"--resume: the model config differs from the checkpoint's (changed: "
                                 f"{', '.join('model.' + c for c in changed)}); start a new out_dir instead")
         try:
-            self.engine.load(self, path, state, optim)
+            self.engine.load(self.model, self.optimizer, path, state, optim)
         except ValueError as err:
             raise TrainingError(f"--resume: {err}") from None
         try:
