@@ -108,6 +108,13 @@ def test_xla_without_torch_xla_fails_before_anything_starts(stdlib_data, tmp_pat
     assert not (tmp_path / "r").exists()
 
 
+def test_fsdp_on_a_torch_without_what_it_uses_names_distributed_engine(stdlib_data, tmp_path, monkeypatch):
+    monkeypatch.delattr(torch.nn.utils, "get_total_norm")
+    with pytest.raises(ConfigError, match=r"distributed.engine: 'fsdp' needs FSDP2 as in torch >= 2.7; torch .* "
+                                          r"lacks torch.nn.utils.get_total_norm: upgrade torch or use ddp"):
+        make_engine(config_with(stdlib_data, tmp_path, {"engine": "fsdp"}), "fp32")
+
+
 def test_one_process_engine_refuses_a_multi_process_launch(stdlib_data, tmp_path, monkeypatch):
     for key, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
         monkeypatch.setenv(key, value)

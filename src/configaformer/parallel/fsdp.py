@@ -17,6 +17,7 @@ while saving.
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from pathlib import Path
@@ -30,11 +31,23 @@ from .base import DistributedEngine, FullWeights, check_optimizer_format
 
 
 def check(run) -> list[Problem]:
+    """FSDP2 as this engine uses it: `fully_shard` (public in torch 2.6), `get_total_norm` and
+    `clip_grads_with_norm_` (2.6), and `distribute_tensor(..., src_data_rank=None)` for resuming
+    (2.7). Checked by feature, not by version number, so a build that has them passes."""
+    missing = []
     try:
-        from torch.distributed.fsdp import fully_shard  # noqa: F401  (public since torch 2.6)
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+        from torch.distributed.tensor import distribute_tensor
     except ImportError:
-        return [Problem("distributed.engine", f"'fsdp' needs FSDP2 (torch.distributed.fsdp.fully_shard, torch >= "
-                                              f"2.6); torch {torch.__version__} lacks it: upgrade torch or use ddp")]
+        missing.append("torch.distributed.fsdp.fully_shard")
+    else:
+        if "src_data_rank" not in inspect.signature(distribute_tensor).parameters:
+            missing.append("distribute_tensor(src_data_rank=)")
+    missing += [f"torch.nn.utils.{name}" for name in ("get_total_norm", "clip_grads_with_norm_")
+                if not hasattr(torch.nn.utils, name)]
+    if missing:
+        return [Problem("distributed.engine", f"'fsdp' needs FSDP2 as in torch >= 2.7; torch {torch.__version__} "
+                                              f"lacks {', '.join(missing)}: upgrade torch or use ddp")]
     return []
 
 
