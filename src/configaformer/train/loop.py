@@ -19,7 +19,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..config import resolve_config
 from ..data import BatchLoader, DataError, TokenDataset
@@ -217,16 +216,19 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def losses(self, model, ex: Example) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(weighted total loss, per-head mean losses) for one example batch."""
+        """(weighted total loss, per-head mean losses) for one example batch, each head's from
+        the chunked cross-entropy (`model(..., targets=)`): no (B, L, classes) logits."""
+        per_head = self._head_losses(model, ex)
+        total = sum(w * loss for (_, _, w), loss in zip(self.head_plan, per_head))
+        return total, list(per_head)
+
+    def _head_losses(self, model, ex: Example, stats: bool = False) -> tuple[torch.Tensor, ...]:
+        """One entry per trained head: its mean loss, or with stats its (nats, count, hits)."""
         inputs = ex.inputs.to(self.device, non_blocking=True)
         mask = None if ex.padding_mask is None else ex.padding_mask.to(self.device)
+        targets = {i: ex.head_targets(self.head_kinds[i]).to(self.device) for i, _, _ in self.head_plan}
         with self.autocast():
-            outputs = model(inputs, padding_mask=mask)
-        per_head = [F.cross_entropy(outputs[i].float().flatten(0, 1),
-                                    ex.head_targets(self.head_kinds[i]).to(self.device).flatten(),
-                                    ignore_index=IGNORE_INDEX) for i, _, _ in self.head_plan]
-        total = sum(w * loss for (_, _, w), loss in zip(self.head_plan, per_head))
-        return total, per_head
+            return model(inputs, padding_mask=mask, targets=targets, loss_stats=stats)
 
     def _mark_boundary(self) -> None:
         """Remember the loader position and RNG state between steps: a checkpoint written after
@@ -265,26 +267,15 @@ class Trainer:
         predicted token); bits per byte for language-modelling heads, accuracy for label heads."""
         model = self.train_model
         model.eval()
-        heads = len(self.head_plan)
-        nats, counts, hits = (torch.zeros(heads, dtype=torch.float64) for _ in range(3))
+        stats = torch.zeros(len(self.head_plan), 3, dtype=torch.float64)  # per head: nats, targets, hits
         byte_total = 0.0
         steps = min(self.cfg.eval_batches, self.eval_loader.steps_per_epoch)
         for i in range(steps):
             ex = self.example(self.eval_loader.batch_at(0, i), -1 - i)
-            inputs = ex.inputs.to(self.device)
-            mask = None if ex.padding_mask is None else ex.padding_mask.to(self.device)
-            with self.autocast():
-                outputs = model(inputs, padding_mask=mask)
-            for j, (head, _, _) in enumerate(self.head_plan):
-                targets = ex.head_targets(self.head_kinds[head]).to(self.device)
-                logits, valid = outputs[head].float(), targets != IGNORE_INDEX
-                nats[j] += float(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
-                                                 reduction="sum"))
-                counts[j] += float(valid.sum())
-                hits[j] += float((logits.argmax(-1) == targets)[valid].sum())
+            stats += torch.stack(self._head_losses(model, ex, stats=True)).cpu()
             lm_targets = ex.targets[ex.targets != IGNORE_INDEX]
             byte_total += float(self.byte_lengths[lm_targets.cpu()].sum())
-        nats, counts, hits, byte_total = self.reduce_eval(nats, counts, hits, byte_total)
+        nats, counts, hits, byte_total = self.reduce_eval(*stats.unbind(1), byte_total)
         results = {}
         for j, (head, name, _) in enumerate(self.head_plan):
             values = {"loss": float(nats[j]) / max(float(counts[j]), 1)}
