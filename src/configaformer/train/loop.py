@@ -338,26 +338,30 @@ class Trainer:
         self.metrics.load_history()
 
     # -- the loop
+    def _stop_reason(self, start: float) -> str | None:
+        cfg = self.cfg
+        if cfg.max_steps and self.step >= cfg.max_steps:
+            return "max_steps"
+        if cfg.max_tokens and self.tokens >= cfg.max_tokens:
+            return "max_tokens"
+        if cfg.max_minutes and time.perf_counter() - start >= cfg.max_minutes * 60:
+            return "max_minutes"
+        return None
+
     def fit(self) -> Summary:
         cfg = self.cfg
         start, start_tokens = time.perf_counter(), self.tokens
         last_log, last_log_tokens = start, self.tokens
         val: dict[str, dict[str, float]] = {}
         ckpt = latest_checkpoint(self.run_dir) if self.step else None
-        stopped_by = "max_steps"
+        saved_step = self.step if ckpt else None
         interval = self.run.checkpoint.interval
+        stopped_by = self._stop_reason(start)
         bar = self._progress()
         try:
-            while True:
-                if cfg.max_steps and self.step >= cfg.max_steps:
-                    stopped_by = "max_steps"
-                    break
-                if cfg.max_tokens and self.tokens >= cfg.max_tokens:
-                    stopped_by = "max_tokens"
-                    break
-                if cfg.max_minutes and time.perf_counter() - start >= cfg.max_minutes * 60:
-                    stopped_by = "max_minutes"
-                    break
+            if stopped_by is not None:  # nothing left to train (a finished run resumed): report, write nothing
+                val = self.evaluate()
+            while stopped_by is None:
                 loss, grad_norm = self.train_step()
                 now = time.perf_counter()
                 if self.step % cfg.log_interval == 0 or self.step == 1:
@@ -368,17 +372,19 @@ class Trainer:
                     last_log, last_log_tokens = now, self.tokens
                     if bar is not None:
                         bar.update(loss, speed, self.step)
-                evaluate_now = self.step % cfg.eval_interval == 0
+                stopped_by = self._stop_reason(start)  # the last step is evaluated and saved once, here
+                evaluate_now = stopped_by is not None or self.step % cfg.eval_interval == 0
                 if evaluate_now:
                     val = self._evaluate_and_log()
                 if evaluate_now or (interval and self.step % interval == 0):
-                    ckpt = self._checkpoint(val, evaluate_now)
+                    ckpt, saved_step = self._checkpoint(val, evaluate_now), self.step
         except KeyboardInterrupt:
             stopped_by = "interrupted (Ctrl-C)"
             if bar is not None:
                 bar.close()
                 bar = None
-            if self.step and not getattr(self, "_updating", False) and self.world_size == 1:
+            if (self.step and self.step != saved_step and not getattr(self, "_updating", False)
+                    and self.world_size == 1):
                 ckpt = self.save()  # several ranks stop at different points: they keep the last checkpoint
             else:
                 ckpt = latest_checkpoint(self.run_dir)
@@ -387,9 +393,6 @@ class Trainer:
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - start
-        if stopped_by != "interrupted (Ctrl-C)":
-            val = self._evaluate_and_log()
-            ckpt = self._checkpoint(val, True)
         plot = self.metrics.plot() if self.is_main else None
         self.metrics.close()
         finished = self.is_main and stopped_by != "interrupted (Ctrl-C)"
