@@ -424,9 +424,10 @@ class Trainer:
         return self.save(best=best)
 
     def sample(self, checkpoint: Path | None = None) -> str | None:
-        """A sample from the trained model, if it is causal and has a vocabulary head (sharded
-        engines: from the consolidated checkpoint, so rank 0 generates alone)."""
-        if self.objective != "causal" or self.run.sample.max_new_tokens == 0:
+        """A sample from the trained model's first language-modelling head, if the model is causal
+        and has one (sharded engines: from the consolidated checkpoint, so rank 0 generates alone)."""
+        lm_heads = [i for i, _, _ in self.head_plan if self.head_kinds[i] == "lm"]
+        if self.objective != "causal" or self.run.sample.max_new_tokens == 0 or not lm_heads:
             return None
         tokenizer = self.dataset.tokenizer()
         prompt = tokenizer.encode(self.run.sample.prompt)
@@ -438,7 +439,7 @@ class Trainer:
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         model = self.engine.sample_model(self.model, checkpoint)
         out = model.generate(ids, max(new, 0), temperature=self.run.sample.temperature, top_k=self.run.sample.top_k,
-                             head=self.head_plan[0][0], generator=gen)
+                             head=lm_heads[0], generator=gen)
         return tokenizer.decode(out[0].tolist())
 
     def _progress(self):
