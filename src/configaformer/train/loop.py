@@ -49,6 +49,7 @@ class Summary:
     sample: str | None
     stopped_by: str
     baselines: dict[str, float] = field(default_factory=dict)  # compressors' bits per byte on the eval text
+    eval_text_bytes: int = 0  # the length of that text ({} baselines when under MIN_TEXT_BYTES)
 
 
 # ---- setting up ----------------------------------------------------------------------------------
@@ -396,10 +397,10 @@ class Trainer:
         plot = self.metrics.plot() if self.is_main else None
         self.metrics.close()
         finished = self.is_main and stopped_by != "interrupted (Ctrl-C)"
+        text = eval_text_bytes(self._all_ranks_eval()) if finished else b""
         return Summary(self.run_dir, self.step, self.tokens, self.num_parameters, val,
                        (self.tokens - start_tokens) / max(elapsed, 1e-9), elapsed, ckpt, plot,
-                       self.sample(ckpt) if finished else None, stopped_by,
-                       compressor_bits_per_byte(eval_text_bytes(self._all_ranks_eval())) if finished else {})
+                       self.sample(ckpt) if finished else None, stopped_by, compressor_bits_per_byte(text), len(text))
 
     def _all_ranks_eval(self):
         """What eval_text_bytes reads: the validation batches of all ranks together (one global batch
