@@ -151,9 +151,10 @@ class DeepSpeedEngine(DistributedEngine):
         self.ds, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=make_optimizer(), config=self.config)
         if self.config["zero_optimization"]["stage"] == 3:
             # The chunked loss (`model(..., targets=)`) reads the heads' `out` weights outside `out`'s
-            # forward, where ZeRO-3 would leave them partitioned: DeepSpeed's own API for this gathers
-            # them for the whole model's forward (and backward), so losses and gradients are the
-            # unpartitioned ones; a tied weight stays gathered through the embedding's release too.
+            # forward. DeepSpeed's API for such weights gathers them for the whole model's forward and
+            # backward (a tied weight stays gathered through the embedding's release), so losses and
+            # gradients are the unpartitioned ones. (DeepSpeed 0.19 would also register them itself on
+            # first access in an eager forward; registering up front does not depend on that fallback.)
             for param in model.loss_parameters():
                 deepspeed.zero.register_external_parameter(model, param)
         self.seed_ranks()
