@@ -66,12 +66,13 @@ def measure(job: dict) -> dict:
     return {"peak_before_mib": before, "peak_after_mib": after, "increase_mib": after - before, "source": source}
 
 
-def run_job(job: dict) -> dict:
+def run_job(job: dict, module: str = "benchmarks.memory") -> dict:
+    """`python -m module JSON` in a fresh process; the JSON object its last output line prints."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    done = subprocess.run([sys.executable, "-m", "benchmarks.memory", json.dumps(job)],
+    done = subprocess.run([sys.executable, "-m", module, json.dumps(job)],
                           capture_output=True, text=True, cwd=ROOT, env=env)
     if done.returncode != 0:
-        raise RuntimeError(f"memory measurement {job['arch']}/{job['impl']}/{job['phase']} failed:\n{done.stderr}")
+        raise RuntimeError(f"memory measurement {module} {json.dumps(job)} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -96,3 +96,19 @@ def test_handwritten_cached_generation_equals_recomputation(arch):
     cache = KVCache(tokens.shape[1])
     chunks = [hand(tokens[:, a:b], cache) for a, b in ((0, 4), (4, 5), (5, 9), (9, 15))]
     torch.testing.assert_close(torch.cat(chunks, dim=1), hand(tokens), rtol=1e-4, atol=1e-4)
+
+
+def test_train_loss_bench_times_the_trainers_step_both_ways(stdlib_data, tmp_path, one_thread):
+    """benchmarks/bench_train_loss.py runs tiny; both sides are the same model on the same batch."""
+    from benchmarks.bench_train_loss import main as train_loss_main
+
+    out = tmp_path / "train_loss.json"
+    results = train_loss_main(["--tiny", "--vocabs", "512", "--batch", "2", "--seq-len", "16", "--repeats", "2",
+                               "--data", str(stdlib_data), "--json", str(out), *one_thread])
+    row = results["vocabs"]["512"]
+    assert set(row) == {"chunked", "full logits"}
+    for side in row.values():
+        assert side["tokens_per_s"]["median"] > 0 and len(side["tokens_per_s"]["samples"]) == 2
+        assert side["peak_increase_mib"] >= 0
+    assert row["chunked"]["first_step_loss"] == pytest.approx(row["full logits"]["first_step_loss"], rel=1e-5)
+    assert json.loads(out.read_text())["vocabs"]["512"]["chunked"]["first_step_loss"] > 0

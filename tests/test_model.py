@@ -212,5 +212,6 @@ def test_loss_from_targets_equals_cross_entropy_of_the_logits(head_type):
     for n, p in model.named_parameters():
         if n in grads:
             torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-6)
-    (second,) = model(ids, targets=small, loss_heads=(1,))
+    first, second = model(ids, targets={0: targets, 1: small})  # each head its own targets
+    torch.testing.assert_close(first, expected)
     torch.testing.assert_close(second, torch.nn.functional.cross_entropy(logits[1].flatten(0, 1), small.flatten()))

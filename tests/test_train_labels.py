@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from configaformer import ConfigError
+from configaformer import ConfigError, Transformer
 from configaformer.data import BatchLoader, DataError, PrepareOptions, TokenDataset, prepare, verify
 from configaformer.train import Trainer, load_run_config, train
 from configaformer.train.objectives import IGNORE_INDEX, Example
@@ -92,3 +92,28 @@ def test_verify_reports_a_corrupt_labels_file(labelled, tmp_path):
     path.write_bytes(bytes(data))
     assert any("train-labels.bin" in p for p in verify(copy))
     assert verify(labelled) == []
+
+
+def label_first_run(labelled, out, classifiers):
+    model = {**MODEL, "classifiers": classifiers}
+    return load_run_config({"model": model, "data": {"path": str(labelled)}, "out_dir": str(out),
+                            "heads": {"kind": {"labels": "token"}}, "sample": {"prompt": "ab", "max_new_tokens": 6},
+                            "train": {"batch_size": 4, "seq_len": 32, "max_steps": 2, "eval_interval": 2,
+                                      "eval_batches": 1, "progress": False, "num_threads": 1}})
+
+
+def test_the_end_of_run_sample_comes_from_the_lm_head_when_a_label_head_is_first(labelled, tmp_path):
+    run = label_first_run(labelled, tmp_path / "r", [{"num_classes": 2, "name": "kind"},
+                                                     {"num_classes": 258, "head_type": "linear"}])
+    summary = train(run)
+    tokenizer = TokenDataset(labelled).tokenizer()
+    model = Transformer.from_pretrained(summary.checkpoint).eval()
+    ids = torch.as_tensor(tokenizer.encode("ab").astype("int64"))[None]
+    out = model.generate(ids, 6, temperature=run.sample.temperature, top_k=run.sample.top_k, head=1,
+                         generator=torch.Generator().manual_seed(run.train.seed))
+    assert summary.sample == tokenizer.decode(out[0].tolist())
+
+
+def test_a_run_without_an_lm_head_ends_without_a_sample(labelled, tmp_path):
+    summary = train(label_first_run(labelled, tmp_path / "r", [{"num_classes": 2, "name": "kind"}]))
+    assert summary.sample is None and summary.steps == 2 and set(summary.val) == {"kind"}

@@ -12,7 +12,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from .context import ForwardContext, Wiring
 from .generation import DecodeCache, generate
 from .layers.abs_position import make_abs_positions
 from .layers.heads import make_head
-from .layers.losses import linear_cross_entropy
+from .layers.losses import linear_cross_entropy, linear_cross_entropy_stats
 from .layers.norms import make_norm
 from .positional.rotary import RotaryTable
 from .registry import get_block
@@ -104,8 +104,8 @@ class Transformer(nn.Module):
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, token_ids: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
                 context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
-                cache: DecodeCache | None = None, targets: torch.Tensor | None = None,
-                loss_heads: tuple[int, ...] = (0,)) -> tuple[torch.Tensor, ...]:
+                cache: DecodeCache | None = None, targets: torch.Tensor | Mapping[int, torch.Tensor] | None = None,
+                loss_stats: bool = False) -> tuple[torch.Tensor, ...]:
         """token_ids (B, L) int; padding_mask (B, L) bool, True for real tokens (optional).
 
         context (B, S, dim_context) and context_mask (B, S): the sequence CrossAttention layers
@@ -113,16 +113,26 @@ class Transformer(nn.Module):
         incrementally (the tokens continue the cached ones; see `generate`).
         Returns one logits tensor (B, L, classes) per classifier, in config order.
 
-        With targets (B, L) (class ids, -100 = no target), returns instead the mean
-        cross-entropy of each head in `loss_heads`, computed in chunks without forming the
-        (B, L, classes) logits (layers/losses.py): the same value and gradients as
-        F.cross_entropy on the logits, with far less memory for large vocabularies."""
+        With targets, returns losses instead, computed in chunks without forming the
+        (B, L, classes) logits (layers/losses.py): the same values and gradients as
+        F.cross_entropy on the logits, with far less memory for large vocabularies. `targets` is
+        {head index: (B, L) class ids} (-100 = no target), each head with its own, or one (B, L)
+        tensor for head 0; the result has one entry per head, in the order given: the mean
+        cross-entropy, or with loss_stats=True (no gradient) a float64 (3,) tensor of summed nats,
+        count of targets and argmax hits, what an evaluation adds up.
+        The heads' `out` parameters are read here, outside `out`'s own forward: an engine that
+        gathers parameters per module (ZeRO-3) registers them with this module (loss_parameters)."""
         x = self.forward_features(token_ids, padding_mask, context=context, context_mask=context_mask, cache=cache)
-        if targets is not None:
-            flat = targets.reshape(-1)
-            return tuple(linear_cross_entropy(self.heads[i].features(x).flatten(0, 1), self.heads[i].out.weight,
-                                              self.heads[i].out.bias, flat) for i in loss_heads)
-        return tuple(head(x) for head in self.heads)
+        if targets is None:
+            return tuple(head(x) for head in self.heads)
+        per_head = targets.items() if isinstance(targets, Mapping) else [(0, targets)]
+        loss = linear_cross_entropy_stats if loss_stats else linear_cross_entropy
+        return tuple(loss(self.heads[i].features(x).flatten(0, 1), self.heads[i].out.weight, self.heads[i].out.bias,
+                          t.reshape(-1)) for i, t in per_head)
+
+    def loss_parameters(self) -> list[nn.Parameter]:
+        """The parameters `forward(..., targets=)` reads directly: each head's `out` weight and bias."""
+        return [p for head in self.heads for p in head.out.parameters()]
 
     def forward_features(self, token_ids: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
                          context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,

@@ -14,6 +14,9 @@ The run file owns the optimizer (AdamW with train.lr/betas/eps/weight_decay, the
 and decay): a JSON `optimizer` or `scheduler` is refused, and `gradient_clipping`, `bf16`, `fp16`
 and the ZeRO keys must agree with train.grad_clip, train.precision and distributed.deepspeed.
 
+ZeRO-3 gathers each module's parameters around its own forward; the heads' output weights, which
+the chunked cross-entropy reads directly, are registered with the model as external parameters.
+
 Checkpoints: rank 0 writes the model gathered from the fp32 master weights
 (`safe_get_full_fp32_param`) as model.safetensors, loadable by `Transformer.from_pretrained`. The
 partitioned optimizer state goes through DeepSpeed's own save_checkpoint into `deepspeed/` of the
@@ -141,6 +144,14 @@ class DeepSpeedEngine(DistributedEngine):
 
         self.config = deepspeed_config(self.run, self.world_size, self.precision)
         self.ds, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=make_optimizer(), config=self.config)
+        if self.config["zero_optimization"]["stage"] == 3:
+            # The chunked loss (`model(..., targets=)`) reads the heads' `out` weights outside `out`'s
+            # forward. DeepSpeed's API for such weights gathers them for the whole model's forward and
+            # backward (a tied weight stays gathered through the embedding's release), so losses and
+            # gradients are the unpartitioned ones. (DeepSpeed 0.19 would also register them itself on
+            # first access in an eager forward; registering up front does not depend on that fallback.)
+            for param in model.loss_parameters():
+                deepspeed.zero.register_external_parameter(model, param)
         self.seed_ranks()
         return self.ds, optimizer
 

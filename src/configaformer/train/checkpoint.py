@@ -13,7 +13,8 @@
 
 A checkpoint is written into a hidden temporary directory, each file fsynced, then renamed into
 place; `latest` is replaced atomically afterwards. A run killed at any moment therefore leaves
-its previous complete checkpoint as `latest`.
+its previous complete checkpoint as `latest`. Saving a step that already has a checkpoint
+replaces it with no moment where a pointer names a missing or incomplete directory.
 """
 
 from __future__ import annotations
@@ -102,8 +103,9 @@ def save_checkpoint(run_dir: Path, model, optimizer, state: dict[str, Any], rng:
                     os.fsync(handle.fileno())
         final = root / name
         if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+            _replace_checkpoint(root, tmp, name)
+        else:
+            os.replace(tmp, final)
         _fsync_dir(root)
     finally:
         if tmp.exists():
@@ -115,6 +117,32 @@ def save_checkpoint(run_dir: Path, model, optimizer, state: dict[str, Any], rng:
     return final
 
 
+def _replace_checkpoint(root: Path, tmp: Path, name: str) -> None:
+    """Put the complete checkpoint `tmp` in place of the existing root/name (the same step saved
+    again) so that `latest` and `best` name a complete checkpoint at every moment: while the old
+    directory goes, the pointers naming it name a linked copy of the new one, removed afterwards."""
+    pointers = [which for which in ("latest", "best") if _pointer(root, which) == name]
+    swap = root / f".{name}.swap"
+    shutil.rmtree(swap, ignore_errors=True)
+    shutil.copytree(tmp, swap, copy_function=_link_or_copy)
+    _fsync_dir(root)
+    for which in pointers:
+        write_text_atomic(root / which, swap.name + "\n")
+    shutil.rmtree(root / name)
+    os.replace(tmp, root / name)
+    _fsync_dir(root)
+    for which in pointers:
+        write_text_atomic(root / which, name + "\n")
+    shutil.rmtree(swap, ignore_errors=True)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # the same files, no copying
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _pointer(root: Path, which: str) -> str | None:
     path = root / which
     return path.read_text(encoding="utf-8").strip() if path.is_file() else None
@@ -123,7 +151,8 @@ def _pointer(root: Path, which: str) -> str | None:
 def _prune(root: Path, keep_last: int) -> None:
     steps = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
     keep = {p.name for p in steps[-keep_last:]} | {_pointer(root, "best"), _pointer(root, "latest")}
-    for p in steps:
+    swaps = [p for p in root.iterdir() if p.is_dir() and p.name.endswith(".swap")]  # left by a kill mid-replace
+    for p in steps + swaps:
         if p.name not in keep:
             shutil.rmtree(p, ignore_errors=True)
 

@@ -28,6 +28,8 @@ def print_summary(s) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from .baselines import MIN_TEXT_BYTES
+
     console = Console(width=None if sys.stdout.isatty() else 120)
     table = Table(title=f"run {s.run_dir} — stopped by {s.stopped_by}", show_header=False)
     table.add_column(justify="left")
@@ -40,6 +42,9 @@ def print_summary(s) -> None:
             table.add_row(f"validation accuracy ({head})", f"{values['accuracy']:.3f}")
     for name, bpb in getattr(s, "baselines", {}).items():
         table.add_row(f"{name} on the same text", f"{bpb:.3f} bits per byte")
+    if not getattr(s, "baselines", None) and getattr(s, "eval_text_bytes", 0):
+        table.add_row("gzip / xz on the same text", f"not shown: {s.eval_text_bytes:,} bytes are too few (under "
+                                                   f"{MIN_TEXT_BYTES:,}, their headers would dominate)")
     table.add_row("steps / tokens", f"{s.steps:,} / {s.tokens:,}")
     table.add_row("training speed", f"{s.tokens_per_s:,.0f} tokens/s over {s.seconds:.0f} s")
     table.add_row("parameters", f"{s.parameters:,}")

@@ -19,7 +19,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..config import resolve_config
 from ..data import BatchLoader, DataError, TokenDataset
@@ -51,6 +50,7 @@ class Summary:
     sample: str | None
     stopped_by: str
     baselines: dict[str, float] = field(default_factory=dict)  # compressors' bits per byte on the eval text
+    eval_text_bytes: int = 0  # the length of that text ({} baselines when under MIN_TEXT_BYTES)
 
 
 # ---- setting up ----------------------------------------------------------------------------------
@@ -219,16 +219,19 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def losses(self, model, ex: Example) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(weighted total loss, per-head mean losses) for one example batch."""
+        """(weighted total loss, per-head mean losses) for one example batch, each head's from
+        the chunked cross-entropy (`model(..., targets=)`): no (B, L, classes) logits."""
+        per_head = self._head_losses(model, ex)
+        total = sum(w * loss for (_, _, w), loss in zip(self.head_plan, per_head))
+        return total, list(per_head)
+
+    def _head_losses(self, model, ex: Example, stats: bool = False) -> tuple[torch.Tensor, ...]:
+        """One entry per trained head: its mean loss, or with stats its (nats, count, hits)."""
         inputs = ex.inputs.to(self.device, non_blocking=True)
         mask = None if ex.padding_mask is None else ex.padding_mask.to(self.device)
+        targets = {i: ex.head_targets(self.head_kinds[i]).to(self.device) for i, _, _ in self.head_plan}
         with self.autocast():
-            outputs = model(inputs, padding_mask=mask)
-        per_head = [F.cross_entropy(outputs[i].float().flatten(0, 1),
-                                    ex.head_targets(self.head_kinds[i]).to(self.device).flatten(),
-                                    ignore_index=IGNORE_INDEX) for i, _, _ in self.head_plan]
-        total = sum(w * loss for (_, _, w), loss in zip(self.head_plan, per_head))
-        return total, per_head
+            return model(inputs, padding_mask=mask, targets=targets, loss_stats=stats)
 
     def _mark_boundary(self) -> None:
         """Remember the loader position and RNG state between steps: a checkpoint written after
@@ -267,26 +270,15 @@ class Trainer:
         predicted token); bits per byte for language-modelling heads, accuracy for label heads."""
         model = self.train_model
         model.eval()
-        heads = len(self.head_plan)
-        nats, counts, hits = (torch.zeros(heads, dtype=torch.float64) for _ in range(3))
+        stats = torch.zeros(len(self.head_plan), 3, dtype=torch.float64)  # per head: nats, targets, hits
         byte_total = 0.0
         steps = min(self.cfg.eval_batches, self.eval_loader.steps_per_epoch)
         for i in range(steps):
             ex = self.example(self.eval_loader.batch_at(0, i), -1 - i)
-            inputs = ex.inputs.to(self.device)
-            mask = None if ex.padding_mask is None else ex.padding_mask.to(self.device)
-            with self.autocast():
-                outputs = model(inputs, padding_mask=mask)
-            for j, (head, _, _) in enumerate(self.head_plan):
-                targets = ex.head_targets(self.head_kinds[head]).to(self.device)
-                logits, valid = outputs[head].float(), targets != IGNORE_INDEX
-                nats[j] += float(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
-                                                 reduction="sum"))
-                counts[j] += float(valid.sum())
-                hits[j] += float((logits.argmax(-1) == targets)[valid].sum())
+            stats += torch.stack(self._head_losses(model, ex, stats=True)).cpu()
             lm_targets = ex.targets[ex.targets != IGNORE_INDEX]
             byte_total += float(self.byte_lengths[lm_targets.cpu()].sum())
-        nats, counts, hits, byte_total = self.reduce_eval(nats, counts, hits, byte_total)
+        nats, counts, hits, byte_total = self.reduce_eval(*stats.unbind(1), byte_total)
         results = {}
         for j, (head, name, _) in enumerate(self.head_plan):
             values = {"loss": float(nats[j]) / max(float(counts[j]), 1)}
@@ -356,26 +348,30 @@ class Trainer:
         self.metrics.load_history()
 
     # -- the loop
+    def _stop_reason(self, start: float) -> str | None:
+        cfg = self.cfg
+        if cfg.max_steps and self.step >= cfg.max_steps:
+            return "max_steps"
+        if cfg.max_tokens and self.tokens >= cfg.max_tokens:
+            return "max_tokens"
+        if cfg.max_minutes and time.perf_counter() - start >= cfg.max_minutes * 60:
+            return "max_minutes"
+        return None
+
     def fit(self) -> Summary:
         cfg = self.cfg
         start, start_tokens = time.perf_counter(), self.tokens
         last_log, last_log_tokens = start, self.tokens
         val: dict[str, dict[str, float]] = {}
         ckpt = latest_checkpoint(self.run_dir) if self.step else None
-        stopped_by = "max_steps"
+        saved_step = self.step if ckpt else None
         interval = self.run.checkpoint.interval
+        stopped_by = self._stop_reason(start)
         bar = self._progress()
         try:
-            while True:
-                if cfg.max_steps and self.step >= cfg.max_steps:
-                    stopped_by = "max_steps"
-                    break
-                if cfg.max_tokens and self.tokens >= cfg.max_tokens:
-                    stopped_by = "max_tokens"
-                    break
-                if cfg.max_minutes and time.perf_counter() - start >= cfg.max_minutes * 60:
-                    stopped_by = "max_minutes"
-                    break
+            if stopped_by is not None:  # nothing left to train (a finished run resumed): report, write nothing
+                val = self.evaluate()
+            while stopped_by is None:
                 loss, grad_norm = self.train_step()
                 now = time.perf_counter()
                 if self.step % cfg.log_interval == 0 or self.step == 1:
@@ -386,17 +382,19 @@ class Trainer:
                     last_log, last_log_tokens = now, self.tokens
                     if bar is not None:
                         bar.update(loss, speed, self.step)
-                evaluate_now = self.step % cfg.eval_interval == 0
+                stopped_by = self._stop_reason(start)  # the last step is evaluated and saved once, here
+                evaluate_now = stopped_by is not None or self.step % cfg.eval_interval == 0
                 if evaluate_now:
                     val = self._evaluate_and_log()
                 if evaluate_now or (interval and self.step % interval == 0):
-                    ckpt = self._checkpoint(val, evaluate_now)
+                    ckpt, saved_step = self._checkpoint(val, evaluate_now), self.step
         except KeyboardInterrupt:
             stopped_by = "interrupted (Ctrl-C)"
             if bar is not None:
                 bar.close()
                 bar = None
-            if self.step and not getattr(self, "_updating", False) and self.world_size == 1:
+            if (self.step and self.step != saved_step and not getattr(self, "_updating", False)
+                    and self.world_size == 1):
                 ckpt = self.save()  # several ranks stop at different points: they keep the last checkpoint
             else:
                 ckpt = latest_checkpoint(self.run_dir)
@@ -405,16 +403,13 @@ class Trainer:
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - start
-        if stopped_by != "interrupted (Ctrl-C)":
-            val = self._evaluate_and_log()
-            ckpt = self._checkpoint(val, True)
         plot = self.metrics.plot() if self.is_main else None
         self.metrics.close()
         finished = self.is_main and stopped_by != "interrupted (Ctrl-C)"
+        text = eval_text_bytes(self._all_ranks_eval()) if finished else b""
         return Summary(self.run_dir, self.step, self.tokens, self.num_parameters, val,
                        (self.tokens - start_tokens) / max(elapsed, 1e-9), elapsed, ckpt, plot,
-                       self.sample(ckpt) if finished else None, stopped_by,
-                       compressor_bits_per_byte(eval_text_bytes(self._all_ranks_eval())) if finished else {})
+                       self.sample(ckpt) if finished else None, stopped_by, compressor_bits_per_byte(text), len(text))
 
     def _all_ranks_eval(self):
         """What eval_text_bytes reads: the validation batches of all ranks together (one global batch
@@ -439,9 +434,10 @@ class Trainer:
         return self.save(best=best)
 
     def sample(self, checkpoint: Path | None = None) -> str | None:
-        """A sample from the trained model, if it is causal and has a vocabulary head (sharded
-        engines: from the consolidated checkpoint, so rank 0 generates alone)."""
-        if self.objective != "causal" or self.run.sample.max_new_tokens == 0:
+        """A sample from the trained model's first language-modelling head, if the model is causal
+        and has one (sharded engines: from the consolidated checkpoint, so rank 0 generates alone)."""
+        lm_heads = [i for i, _, _ in self.head_plan if self.head_kinds[i] == "lm"]
+        if self.objective != "causal" or self.run.sample.max_new_tokens == 0 or not lm_heads:
             return None
         tokenizer = self.dataset.tokenizer()
         prompt = tokenizer.encode(self.run.sample.prompt)
@@ -453,7 +449,7 @@ class Trainer:
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
         model = self.engine.sample_model(self.model, checkpoint)
         out = model.generate(ids, max(new, 0), temperature=self.run.sample.temperature, top_k=self.run.sample.top_k,
-                             head=self.head_plan[0][0], generator=gen)
+                             head=lm_heads[0], generator=gen)
         return tokenizer.decode(out[0].tolist())
 
     def _progress(self):
