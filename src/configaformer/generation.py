@@ -9,7 +9,10 @@ cache in chunks gives the same logits as one full forward (tested for every pres
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from numbers import Integral, Real
+from typing import Callable
 
 import torch
 
@@ -75,8 +78,7 @@ def generate(model, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: 
         raise ValueError("generation needs a causal model: every attention-like layer must have causal_mask_bool true")
     if prompt_ids.dim() != 2 or prompt_ids.shape[1] < 1:
         raise ValueError(f"prompt_ids must have shape (batch, length >= 1), got {tuple(prompt_ids.shape)}")
-    if max_new_tokens < 0 or temperature < 0:
-        raise ValueError("max_new_tokens and temperature must be >= 0")
+    check_sampling(max_new_tokens, temperature, top_k, top_p, min_p)
     total = prompt_ids.shape[1] + max_new_tokens
     if cfg.max_seq_len is not None and total > cfg.max_seq_len:
         raise ValueError(f"prompt length {prompt_ids.shape[1]} + max_new_tokens {max_new_tokens} = {total} "
@@ -86,12 +88,18 @@ def generate(model, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: 
     try:
         prompt = prompt_ids.to(model.embedding.weight.device).long()
         batch, length = prompt.shape
-        tokens = prompt.new_empty(batch, total)  # filled in place, one column per new token
-        tokens[:, :length] = prompt
         extra = {"context": context, "context_mask": context_mask}
         cache = DecodeCache(batch, total) if use_cache else None
+        try:  # the token buffer here and the cache's buffers in the prefill hold all `total` positions
+            tokens = prompt.new_empty(batch, total)  # filled in place, one column per new token
+            logits = _last_logits(model, prompt, cache, index, prefill_chunk, extra)  # checks the prompt
+        except RuntimeError as err:
+            if not _out_of_memory(err):
+                raise
+            raise ValueError(f"max_new_tokens {max_new_tokens}: {batch} x {total} positions do not fit in memory "
+                             f"({str(err).splitlines()[0]})") from None
+        tokens[:, :length] = prompt
         finished = torch.zeros(batch, dtype=torch.bool, device=tokens.device)
-        logits = _last_logits(model, prompt, cache, index, prefill_chunk, extra)  # checks the prompt
         for step in range(max_new_tokens):
             next_ids = sample(logits, temperature, top_k, top_p, min_p, generator)
             if eos_token_id is not None:
@@ -106,6 +114,34 @@ def generate(model, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: 
         return tokens[:, :length]
     finally:
         model.train(was_training)
+
+
+def check_sampling(max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None, min_p: float | None = None,
+                   name: Callable[[str], str] = str) -> None:
+    """ValueError naming the first invalid option of `generate`; `name` spells an option's name
+    (the command line passes its flags: "top_k" -> "--top-k")."""
+    def integer(v) -> bool:
+        return isinstance(v, Integral) and not isinstance(v, bool)
+
+    def number(v) -> bool:
+        return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
+
+    checks = [("max_new_tokens", max_new_tokens, integer(max_new_tokens) and max_new_tokens >= 0, "an integer >= 0"),
+              ("temperature", temperature, number(temperature) and temperature >= 0,
+               "a finite number >= 0 (0: greedy)"),
+              ("top_k", top_k, top_k is None or (integer(top_k) and top_k >= 1), "an integer >= 1"),
+              ("top_p", top_p, top_p is None or (number(top_p) and 0 < top_p <= 1), "a number in (0, 1]"),
+              ("min_p", min_p, min_p is None or (number(min_p) and 0 <= min_p <= 1), "a number in [0, 1]")]
+    for option, value, valid, what in checks:
+        if not valid:
+            raise ValueError(f"{name(option)} must be {what}, got {value!r}")
+
+
+def _out_of_memory(err: RuntimeError) -> bool:
+    """An allocation failure: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    text = str(err)
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "not enough memory" in text
 
 
 def _head_logits(model, tokens, cache, index, extra, check_inputs: bool = True) -> torch.Tensor:
