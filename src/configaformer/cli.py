@@ -4,15 +4,58 @@
     configaformer demo             build the seed example, print its table and run a forward pass
     configaformer data ...         prepare, inspect and verify token datasets (configaformer.data)
     configaformer train RUN        train from a run file; configaformer generate RUN_DIR samples
+
+A bad input (a config, file or flag) prints one line `configaformer: <message>` on stderr and
+exits with 2; `configaformer --debug ...` shows the traceback instead. Exceptions of other types
+are bugs and keep their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 import time
 
 from .errors import ConfigError
+
+
+class UsageError(Exception):
+    """A command line that cannot be parsed: one line naming the flag, exit 2 (instead of argparse's
+    usage text and message)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors; the subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def bad_input_types() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean a bad input, not a bug: the library's own error types (ConfigError,
+    DataError, CheckpointError are ValueErrors; TrainingError), files that cannot be read or
+    parsed (OSError, UnicodeError, JSON, YAML, safetensors)."""
+    import yaml
+    from safetensors import SafetensorError
+
+    from .train.runtime import TrainingError
+
+    return (ValueError, OSError, TrainingError, json.JSONDecodeError, yaml.YAMLError, SafetensorError)
+
+
+def one_line(err: BaseException) -> str:
+    """The message of a bad-input exception as one line."""
+    if isinstance(err, ConfigError) and len(err.problems) > 1:
+        text = f"invalid config: {len(err.problems)} problems: " + "; ".join(map(str, err.problems))
+    elif isinstance(err, ConfigError):
+        text = str(err.problems[0])
+    elif isinstance(err, OSError) and err.filename is not None:
+        text = f"{err.filename}: {err.strerror or err}"
+    else:
+        text = str(err) or type(err).__name__
+    return re.sub(r"\s*\n\s*", " ", text.strip())
 
 
 def print_info(config, batch: int, seq_len: int) -> None:
@@ -42,12 +85,17 @@ def cmd_info(args) -> int:
     return 0
 
 
+DEMO_MAX_SEQ_LEN = 4096  # the seed example has no max_seq_len; its attention grows with the square
+
+
 def cmd_demo(args) -> int:
     import torch
 
     from .model import Transformer
     from .presets import preset_path
 
+    if args.seq_len > DEMO_MAX_SEQ_LEN:
+        raise UsageError(f"--seq-len {args.seq_len}: the demo runs at most {DEMO_MAX_SEQ_LEN} tokens")
     path = preset_path("seed")
     print(f"Seed example config: {path}\n")
     print_info(path, batch=1, seq_len=args.seq_len)
@@ -68,7 +116,8 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="configaformer", description="Highly configurable transformers.")
+    parser = Parser(prog="configaformer", description="Highly configurable transformers.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="print a per-layer table of a model config")
     info.add_argument("config", help="a YAML/JSON config file or a preset name")
@@ -89,17 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "takes_overrides", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if getattr(args, "batch", 1) < 1 or getattr(args, "seq_len", 1) < 1:
-        print("configaformer: --batch and --seq-len must be >= 1", file=sys.stderr)
-        return 2
+    args = None
     try:
+        args, extra = parser.parse_known_args(argv)
+        if extra and not getattr(args, "takes_overrides", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if getattr(args, "batch", 1) < 1 or getattr(args, "seq_len", 1) < 1:
+            raise UsageError("--batch and --seq-len must be >= 1")
         return args.func(args, extra) if getattr(args, "takes_overrides", False) else args.func(args)
-    except ConfigError as err:  # one problem: one line
-        text = str(err.problems[0]) if len(err.problems) == 1 else str(err)
-        print(f"configaformer: {text}", file=sys.stderr)
+    except UsageError as err:
+        print(f"configaformer: {err}", file=sys.stderr)
+        return 2
+    except bad_input_types() as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"configaformer: {one_line(err)}", file=sys.stderr)
         return 2
 
 
