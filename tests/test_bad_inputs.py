@@ -127,6 +127,7 @@ class Case:
     setup: Callable[[Path], None] | None = None
     code: int = 2
     xfail: str | None = None  # a known failure left to another engineer's item of issue 14
+    skip: bool = False        # 8 TB asked for where the kernel grants any allocation (zeroing it is killed)
 
 
 FAULTS = "issue 14 item {}: faults engineer"
@@ -135,6 +136,8 @@ PREP = ["data", "prepare", "--out", "{tmp}/new", "--quiet", "--source", "{tmp}/c
 TRAIN = ["train", "{tmp}/run.json"]
 RESUME = ["train", "{tmp}/resume.json", "--resume", "--train.max_steps", "4"]
 NOT_UTF8 = b"\xff\xfe\x00bad \xc3\x28 bytes\n"
+OVERCOMMIT = Path("/proc/sys/vm/overcommit_memory")  # "1": every allocation succeeds, touching it kills
+ALWAYS_OVERCOMMITS = OVERCOMMIT.is_file() and OVERCOMMIT.read_text().strip() == "1"
 
 
 def flag_cases(prefix: str, base: list[str], flag: str, values: list[str], names: str | None = None) -> list[Case]:
@@ -299,8 +302,10 @@ CASES = [
          edit_json(f"{CKPT}/state.json", lambda s: s["run"]["data"].update(path="/nowhere/ds"))),
     # -- generate: flags
     *flag_cases("gen", GEN, "--max-new-tokens", ["-1", "1e12", "1000000000000", "abc", ""]),
-    Case("gen--max-new-tokens-beyond-memory", GEN + ["--max-new-tokens", "1000000000000"], "max_new_tokens",
-         edit_json(f"{CKPT}/config.json", lambda c: c.pop("max_seq_len"))),
+    *[Case(f"gen--max-new-tokens={n}-without-max-seq-len", GEN + ["--max-new-tokens", str(n)], names,
+           edit_json(f"{CKPT}/config.json", lambda c: c.pop("max_seq_len")), skip=skip)
+      for n, names, skip in [(10 ** 30, "--max-new-tokens", False),
+                             (10 ** 12, "max_new_tokens 1000000000000: ", ALWAYS_OVERCOMMITS)]],
     *flag_cases("gen", GEN, "--temperature", ["-1", "nan", "inf", "abc"]),
     *flag_cases("gen", GEN, "--top-k", ["0", "-3", "1.5"]),
     *flag_cases("gen", GEN, "--top-p", ["0", "-0.5", "1.5", "nan"]),
@@ -320,8 +325,12 @@ def tree_hashes(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*"))}
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.xfail)]
-                                               if c.xfail else []) for c in CASES])
+def marks(case: Case) -> list:
+    return ([pytest.mark.xfail(strict=True, reason=case.xfail)] if case.xfail else []) + (
+        [pytest.mark.skip(reason="this kernel grants any allocation")] if case.skip else [])
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=marks(c)) for c in CASES])
 def test_a_bad_input_is_one_line_exit_2_and_changes_nothing(case, world, capsys, monkeypatch):
     monkeypatch.chdir(world)  # a run that writes into the current directory writes here, where it is seen
     if case.setup:
@@ -370,7 +379,8 @@ def test_a_real_process_exits_2_with_one_line(world):
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--prompt" in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("option, value", [("max_new_tokens", -1), ("max_new_tokens", 2.5), ("temperature", -1.0),
+@pytest.mark.parametrize("option, value", [("max_new_tokens", -1), ("max_new_tokens", 2.5),
+                                           ("max_new_tokens", 2 ** 62), ("temperature", -1.0),
                                            ("temperature", float("nan")), ("temperature", float("inf")),
                                            ("top_k", 0), ("top_k", True), ("top_p", 0.0), ("top_p", float("nan")),
                                            ("min_p", 2.0), ("min_p", -0.1)])
@@ -387,12 +397,23 @@ def test_generate_refuses_an_invalid_sampling_option_by_name(option, value):
     assert model.generate(torch.tensor([[1, 2]]), **options).shape == (1, 4)  # the same call, a valid value
 
 
-def test_generate_says_which_option_does_not_fit_in_memory():
-    """A model without max_seq_len: 10**12 positions fail at the first allocation, as a ValueError."""
+@pytest.mark.skipif(ALWAYS_OVERCOMMITS, reason="this kernel grants any allocation; zeroing it would be killed")
+@pytest.mark.parametrize("batch, max_new_tokens", [(1, 10 ** 12), (4, 2 ** 62 - 8)])
+def test_generate_says_which_option_does_not_fit_in_memory(batch, max_new_tokens):
+    """A model without max_seq_len: 8 TB of token ids, or a size overflowing int64, fail at the
+    first allocation, as a ValueError naming max_new_tokens."""
     import torch
 
     from configaformer import Transformer
 
     model = Transformer({k: v for k, v in MODEL.items() if k != "max_seq_len"})
-    with pytest.raises(ValueError, match=r"^max_new_tokens 1000000000000: .* do not fit in memory"):
-        model.generate(torch.tensor([[1, 2]]), 10 ** 12)
+    with pytest.raises(ValueError, match=rf"^max_new_tokens {max_new_tokens}: .* do not fit in memory"):
+        model.generate(torch.ones(batch, 2, dtype=torch.long), max_new_tokens)
+
+
+def test_docs_report_the_catalogue_as_it_is():
+    page = (Path(__file__).parents[1] / "docs" / "reliability.md").read_text(encoding="utf-8")
+    known = sum(1 for case in CASES if case.xfail)
+    assert f"| in the catalogue | {len(CASES)} |" in page and f"against {len(CASES)} bad inputs" in page
+    assert f"| one line, right exit code, nothing changed | {len(CASES) - known} |" in page
+    assert f"`xfail(strict=True)`, each naming its item) | {known} |" in page

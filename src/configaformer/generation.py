@@ -127,7 +127,8 @@ def check_sampling(max_new_tokens: int, temperature: float = 1.0, top_k: int | N
     def number(v) -> bool:
         return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
 
-    checks = [("max_new_tokens", max_new_tokens, integer(max_new_tokens) and max_new_tokens >= 0, "an integer >= 0"),
+    checks = [("max_new_tokens", max_new_tokens, integer(max_new_tokens) and 0 <= max_new_tokens < 2 ** 62,
+               "an integer in [0, 2**62)"),  # beyond, torch's sizes overflow int64
               ("temperature", temperature, number(temperature) and temperature >= 0,
                "a finite number >= 0 (0: greedy)"),
               ("top_k", top_k, top_k is None or (integer(top_k) and top_k >= 1), "an integer >= 1"),
@@ -139,9 +140,11 @@ def check_sampling(max_new_tokens: int, temperature: float = 1.0, top_k: int | N
 
 
 def _out_of_memory(err: RuntimeError) -> bool:
-    """An allocation failure: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    """An allocation failure: CUDA's OutOfMemoryError, the CPU allocator's RuntimeError, or a size
+    whose bytes overflow int64."""
     text = str(err)
-    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "not enough memory" in text
+    return isinstance(err, torch.OutOfMemoryError) or any(
+        words in text for words in ("can't allocate memory", "not enough memory", "Storage size calculation overflowed"))
 
 
 def _head_logits(model, tokens, cache, index, extra, check_inputs: bool = True) -> torch.Tensor:
