@@ -143,8 +143,8 @@ def _out_of_memory(err: RuntimeError) -> bool:
     """An allocation failure: CUDA's OutOfMemoryError, the CPU allocator's RuntimeError, or a size
     whose bytes overflow int64."""
     text = str(err)
-    return isinstance(err, torch.OutOfMemoryError) or any(
-        words in text for words in ("can't allocate memory", "not enough memory", "Storage size calculation overflowed"))
+    words = ("can't allocate memory", "not enough memory", "Storage size calculation overflowed")
+    return isinstance(err, torch.OutOfMemoryError) or any(w in text for w in words)
 
 
 def _head_logits(model, tokens, cache, index, extra, check_inputs: bool = True) -> torch.Tensor:
