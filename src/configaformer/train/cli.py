@@ -78,6 +78,9 @@ def cmd_generate(args) -> int:
         print(f"configaformer: the run's dataset {data_path} (for its tokenizer) cannot be read: {err}",
               file=sys.stderr)
         return 2
+    from .checkpoint import verify_checkpoint
+
+    verify_checkpoint(path)  # CheckpointError naming a changed or missing file
     model = Transformer.from_pretrained(path).eval()
     prompt = tokenizer.encode(args.prompt)
     if len(prompt) == 0:

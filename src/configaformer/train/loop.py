@@ -27,11 +27,13 @@ from ..model import Transformer
 from ..parallel import CheckpointRequest, make_engine
 from ..parallel.checkpointing import apply_activation_checkpointing, checkpoint_positions
 from .baselines import compressor_bits_per_byte, eval_text_bytes
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint_state, save_checkpoint, staging_dir
+from .checkpoint import (CheckpointError, check_engine_state_trusted, latest_checkpoint, load_checkpoint_state,
+                         save_checkpoint, staging_dir)
 from .config import RunConfig
 from .metrics import MetricsWriter
 from .objectives import IGNORE_INDEX, Example, causal_example, masked_example
 from .optim import lr_at, make_optimizer
+from .rundir import check_out_dir, claim_run_dir, run_id
 from .runtime import (ProgressBar, TrainingError, memory_mib, model_config_of, pick_device, pick_precision,
                       rng_state)
 
@@ -64,6 +66,8 @@ class Trainer:
     def __init__(self, run: RunConfig, resume: bool = False):
         self.run, self.cfg = run, run.train
         self.run_dir = Path(run.out_dir)
+        check_out_dir(run.out_dir)
+        self._lock = self.run_id = None
         if run.train.num_threads:
             torch.set_num_threads(run.train.num_threads)
         self.device = pick_device(run.train.device)
@@ -93,8 +97,15 @@ class Trainer:
         try:
             self._build(resume)
         except BaseException:
-            self.engine.close()
+            self.close()
             raise
+
+    def close(self) -> None:
+        """Leave the process group and release the run directory."""
+        self.engine.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def _build(self, resume: bool) -> None:
         run = self.run
@@ -114,6 +125,7 @@ class Trainer:
             math.ceil(run.train.max_tokens / self.tokens_per_step) if run.train.max_tokens else None)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock, self.run_id = claim_run_dir(self.run_dir, resume)  # before the metrics writer opens
         self.metrics = MetricsWriter(self.run_dir, enabled=self.is_main)
         if resume:
             self._resume()
@@ -299,7 +311,8 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         return {"step": self.step, "tokens": self.tokens, "best_val": self.best_val,
                 "loader": self._boundary["loader"], "run": self.run.to_dict(),
-                "model_config": self.model_cfg.to_dict(), "distributed": self.engine.describe()}
+                "model_config": self.model_cfg.to_dict(), "distributed": self.engine.describe(),
+                "run_id": self.run_id}
 
     def save(self, best: bool = False) -> Path | None:
         """Every rank enters (gathering sharded state is collective); rank 0 writes."""
@@ -318,6 +331,8 @@ class Trainer:
             raise TrainingError(f"--resume: {self.run_dir} has no checkpoint to resume from")
         try:
             state, optim, rng = load_checkpoint_state(path)
+            if state.get("optimizer") is None:  # the engine reads its own (pickled) state files
+                check_engine_state_trusted(path, state, run_id(self.run_dir))
             saved = resolve_config(state["model_config"]).to_dict()
         except (CheckpointError, KeyError, ConfigError) as err:
             raise TrainingError(f"--resume: {err}") from None
@@ -475,4 +490,4 @@ def train(run: RunConfig, resume: bool = False) -> Summary:
     try:
         return trainer.fit()
     finally:
-        trainer.engine.close()
+        trainer.close()
