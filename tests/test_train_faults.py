@@ -133,15 +133,15 @@ def test_engine_state_is_trusted_only_from_this_runs_own_complete_checksummed_ch
         check_engine_state_trusted(ckpt, state, mine)
 
 
-def test_resume_refuses_engine_state_in_a_checkpoint_copied_from_another_run(stdlib_data, two_step_run, tmp_path):
+def test_resume_refuses_engine_state_in_a_checkpoint_copied_from_another_run(stdlib_data, two_step_run, tmp_path,
+                                                                           monkeypatch):
+    from configaformer.parallel.base import Engine
+
+    monkeypatch.setattr(Engine, "unpickles_own_state", True)  # as DeepSpeed's engine, which torch.loads its files
     config, ckpt = two_step_run
-    other = run_config(stdlib_data, tmp_path / "other", max_steps=2, eval_interval=2)
-    train(load_run_config(other))
-    theirs = latest_checkpoint(tmp_path / "other")
-    state = json.loads((theirs / "state.json").read_text())
-    state["optimizer"] = None  # as DeepSpeed writes it: its own (pickled) files instead
-    (theirs / "state.json").write_text(json.dumps(state))
+    Trainer(load_run_config(config), resume=True).close()  # its own checkpoint: trusted
+    train(load_run_config(run_config(stdlib_data, tmp_path / "other", max_steps=2, eval_interval=2)))
     shutil.rmtree(ckpt)
-    shutil.copytree(theirs, ckpt)
+    shutil.copytree(latest_checkpoint(tmp_path / "other"), ckpt)
     with pytest.raises(TrainingError, match="written by another run"):
         Trainer(load_run_config(config), resume=True)

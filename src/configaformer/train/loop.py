@@ -331,7 +331,7 @@ class Trainer:
             raise TrainingError(f"--resume: {self.run_dir} has no checkpoint to resume from")
         try:
             state, optim, rng = load_checkpoint_state(path)
-            if state.get("optimizer") is None:  # the engine reads its own (pickled) state files
+            if self.engine.unpickles_own_state:
                 check_engine_state_trusted(path, state, run_id(self.run_dir))
             saved = resolve_config(state["model_config"]).to_dict()
         except (CheckpointError, KeyError, ConfigError) as err:
