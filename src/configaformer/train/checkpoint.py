@@ -232,8 +232,8 @@ def check_engine_state_trusted(path: Path, state: dict[str, Any], run_id: str | 
     if run_id is None or state.get("run_id") != run_id:
         raise CheckpointError(f"checkpoint {path} was written by another run (run id {state.get('run_id')!r}, "
                               f"this run directory's is {run_id!r}){why}")
-    unlisted = sorted(f.relative_to(path).as_posix() for f in path.rglob("*")
-                      if f.is_file() and f.name != STATE_FILE and f.relative_to(path).as_posix() not in state[CHECKSUMS])
+    files = (f.relative_to(path).as_posix() for f in path.rglob("*") if f.is_file())
+    unlisted = sorted(name for name in files if name != STATE_FILE and name not in state[CHECKSUMS])
     if unlisted:
         raise CheckpointError(f"checkpoint {path} holds files its checksums do not cover ({', '.join(unlisted[:3])})"
                               f"{why}")
