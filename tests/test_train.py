@@ -131,6 +131,7 @@ def test_a_killed_run_leaves_a_loadable_checkpoint_and_resumes(stdlib_data, tmp_
     step = int(ckpt.name.split("_")[1])
     summary = train(load_run_config(dict(config, train=dict(config["train"], max_steps=step + 2))), resume=True)
     assert summary.steps == step + 2
+    assert list(losses(tmp_path / "r")) == list(range(1, step + 3))  # records past the checkpoint dropped, once each
 
 
 @pytest.mark.parametrize("change, words", [

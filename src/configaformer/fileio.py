@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import secrets
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +34,56 @@ def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def sha256_file(path: Path, fsync: bool = False) -> str:
+    """The sha256 of a file's bytes (hex); with fsync, the file is first flushed to disk."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        if fsync:
+            os.fsync(handle.fileno())
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def temp_tag() -> str:
+    """`PID-RANDOM` for a temporary name: `remove_stale_temporaries` reads the writer's PID back."""
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (a process of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def stale_temporaries(directory: Path, pattern: str) -> list[Path]:
+    """Entries of `directory` whose whole name matches `pattern` (a regex with a group `pid`, the
+    writer's process id from `temp_tag`) and whose writer has gone: left by a killed process.
+    A temporary of a running process, ours included, is never listed."""
+    if not directory.is_dir():
+        return []
+    regex = re.compile(pattern)
+    found = []
+    for path in sorted(directory.iterdir()):
+        match = regex.fullmatch(path.name)
+        if match and not process_alive(int(match["pid"])):
+            found.append(path)
+    return found
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file or a directory tree (what a killed writer left); missing is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def read_mapping(path: str | Path, what: str) -> dict[str, Any]:

@@ -40,6 +40,17 @@ MODES = ("random", "sequential")
 IGNORE_INDEX = -100
 
 
+def _check_size(path: Path, size: int, directory: Path) -> None:
+    """DataError unless `path` has the manifest's `size` bytes (a truncated or missing shard): the
+    cheap part of `data verify`, done whenever a split is opened (hashes are left to verify)."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run `configaformer data verify {directory}`")
+    found = path.stat().st_size
+    if found != size:
+        raise DataError(f"{path}: {found:,} bytes, the manifest says {size:,} (truncated or changed); run "
+                        f"`configaformer data verify {directory}`")
+
+
 class TokenSplit:
     """One split of a dataset: its shards' tokens as one stream, and document offsets into it."""
 
@@ -51,6 +62,8 @@ class TokenSplit:
         self._maps: list[np.memmap | None] = [None] * len(self._paths)
         starts, doc_starts = [0], [np.zeros(1, np.int64)]
         for shard in info["shards"]:
+            _check_size(directory / shard["tokens_file"], shard["num_tokens"] * dtype.itemsize, directory)
+            _check_size(directory / shard["index_file"], (shard["num_documents"] + 1) * INDEX_DTYPE.itemsize, directory)
             offsets = np.fromfile(directory / shard["index_file"], dtype=INDEX_DTYPE).astype(np.int64)
             if len(offsets) != shard["num_documents"] + 1 or offsets[-1] != shard["num_tokens"]:
                 raise DataError(f"{directory / shard['index_file']}: does not match the manifest; run "
@@ -62,6 +75,7 @@ class TokenSplit:
         self.doc_labels = None
         self.num_label_classes = 0
         if "labels" in info:
+            _check_size(directory / info["labels"]["file"], info["documents"] * LABEL_DTYPE.itemsize, directory)
             self.doc_labels = np.fromfile(directory / info["labels"]["file"], dtype=LABEL_DTYPE).astype(np.int64)
             self.num_label_classes = info["labels"]["num_classes"]
         self.doc_starts = np.concatenate(doc_starts)               # (num_documents + 1,)

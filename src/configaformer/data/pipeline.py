@@ -31,7 +31,7 @@ import numpy as np
 from .errors import DataError
 from .manifest import FORMAT, MANIFEST_FILE, SPLITS, VERSION, read_manifest, write_manifest
 from .progress import progress_bar
-from .shards import SplitWriter, atomic_directory, token_dtype
+from .shards import SplitWriter, atomic_directory, clean_stale_temporaries, token_dtype
 from .sources import Document, ReadStats, Source, resolve_source
 from .tokenizer import (EOT, MIN_BPE_VOCAB, PAD, TOKENIZER_FILE, ByteTokenizer, HFTokenizer, tokenizer_from_spec,
                         train_bpe)
@@ -320,6 +320,7 @@ def prepare(out: str | Path, options: PrepareOptions | None = None, *, overwrite
     opts.validate()
     out = Path(out)
     settings = opts.settings()
+    clean_stale_temporaries(out)  # what a killed earlier run into `out` left beside it
     _check_output(out, settings, overwrite)
 
     def fresh_sources() -> list[Source]:

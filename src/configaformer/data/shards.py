@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..fileio import remove_path, sha256_file, stale_temporaries, temp_tag
 from .manifest import MANIFEST_FILE, read_manifest
 
 INDEX_DTYPE = np.dtype("<u8")
@@ -101,12 +102,29 @@ class SplitWriter:
         return info
 
 
+def clean_stale_temporaries(out: Path) -> list[Path]:
+    """Remove what killed `atomic_directory(out)` runs left beside `out`: `.NAME.tmp-PID-*` (a
+    half-written dataset) and `.NAME.old-PID-*` (the dataset being replaced), only where process PID
+    has gone, so another running preparation (of this output or another) keeps its own. A run
+    killed between its two renames left `out` missing and the complete old dataset in `.old-`: that
+    one is put back as `out`. Returns the paths removed."""
+    removed = []
+    for path in stale_temporaries(out.parent, re.escape(f".{out.name}.") + r"(tmp|old)-(?P<pid>\d+)-[0-9a-f]+"):
+        if ".old-" in path.name and not out.exists() and (path / MANIFEST_FILE).is_file():
+            os.rename(path, out)
+            continue
+        remove_path(path)
+        removed.append(path)
+    return removed
+
+
 @contextmanager
 def atomic_directory(out: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory beside `out`; on success it replaces `out` by rename, on
-    any exception (KeyboardInterrupt included) it is deleted and `out` is left as it was."""
+    any exception (KeyboardInterrupt included) it is deleted and `out` is left as it was. Its name
+    holds this process's id, by which `clean_stale_temporaries` tells a killed run's from a live one's."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tag = temp_tag()
     tmp = out.parent / f".{out.name}.tmp-{tag}"
     tmp.mkdir()
     try:
@@ -128,14 +146,6 @@ def atomic_directory(out: Path) -> Iterator[Path]:
         raise
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify(dataset: str | Path) -> list[str]:
     """Re-hash every shard, index and the tokenizer file against the manifest. Returns the problems
     found (an empty list: the dataset is intact). A missing or unreadable manifest raises DataError."""
@@ -148,7 +158,7 @@ def verify(dataset: str | Path) -> list[str]:
         path = directory / tok["path"]
         if not path.is_file():
             problems.append(f"{path}: missing")
-        elif _sha256_of(path) != tok["sha256"]:
+        elif sha256_file(path) != tok["sha256"]:
             problems.append(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
     for split, info in manifest["splits"].items():
         if "labels" in info:
@@ -156,7 +166,7 @@ def verify(dataset: str | Path) -> list[str]:
             size = info["documents"] * LABEL_DTYPE.itemsize
             if not path.is_file():
                 problems.append(f"{path}: missing")
-            elif path.stat().st_size != size or _sha256_of(path) != info["labels"]["sha256"]:
+            elif path.stat().st_size != size or sha256_file(path) != info["labels"]["sha256"]:
                 problems.append(f"{path}: does not match the manifest (corrupt)")
         for shard in info["shards"]:
             for key, hash_key, size in (("tokens_file", "sha256", shard["num_tokens"] * itemsize),
@@ -166,7 +176,7 @@ def verify(dataset: str | Path) -> list[str]:
                     problems.append(f"{path}: missing")
                 elif path.stat().st_size != size:
                     problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {size}")
-                elif _sha256_of(path) != shard[hash_key]:
+                elif sha256_file(path) != shard[hash_key]:
                     problems.append(f"{path}: sha256 differs from the manifest (corrupt)")
             index_path = directory / shard["index_file"]
             if index_path.is_file() and index_path.stat().st_size == (shard["num_documents"] + 1) * 8:

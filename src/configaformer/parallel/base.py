@@ -59,6 +59,7 @@ class Engine:
 
     name = "none"
     sharded = False  # parameters live partly on other ranks: sample from the saved checkpoint
+    unpickles_own_state = False  # `load` reads files in the engine's own, pickled format (DeepSpeed)
 
     def __init__(self, run, precision: str, rank: int = 0, world_size: int = 1, local_rank: int = 0):
         self.run, self.section, self.precision = run, run.distributed, precision  # precision: resolved, not auto

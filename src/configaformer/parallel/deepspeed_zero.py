@@ -118,6 +118,7 @@ def check(run, world_size: int, precision: str) -> list[Problem]:
 class DeepSpeedEngine(DistributedEngine):
     name = "deepspeed"
     sharded = True
+    unpickles_own_state = True  # the Trainer checks the checkpoint came from this run first
 
     def setup(self, device: torch.device) -> torch.device:
         if device.type == "cpu":

@@ -4,7 +4,8 @@
         model.safetensors, config.json      the model (Transformer.from_pretrained reads this dir)
         optimizer.safetensors               AdamW moments per parameter index
         state.json                          step, tokens, optimizer hyperparameters, loader position,
-                                            best validation loss, the resolved run config
+                                            best validation loss, the resolved run config, the run
+                                            id, and the sha256 of every other file (`checksums`)
         rng.safetensors                     torch (and CUDA) random states; rank r's as `rank{r}.*`
         deepspeed/                          DeepSpeed runs only: its partitioned optimizer state, in
                                             its own format, instead of optimizer.safetensors
@@ -15,6 +16,10 @@ A checkpoint is written into a hidden temporary directory, each file fsynced, th
 place; `latest` is replaced atomically afterwards. A run killed at any moment therefore leaves
 its previous complete checkpoint as `latest`. Saving a step that already has a checkpoint
 replaces it with no moment where a pointer names a missing or incomplete directory.
+
+`verify_checkpoint` re-hashes the files against `checksums` (a flipped bit in the weights is a
+CheckpointError naming the file, not a silently different model); resuming and `configaformer
+generate` call it. Checkpoints written before checksums existed load unverified.
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..fileio import write_text_atomic
+from ..fileio import sha256_file, write_text_atomic
 
 STATE_FILE, OPTIM_FILE, RNG_FILE = "state.json", "optimizer.safetensors", "rng.safetensors"
+CHECKSUMS = "checksums"  # state.json's key: {path relative to the checkpoint: sha256} of every other file
 
 
 class CheckpointError(ValueError):
@@ -96,11 +102,15 @@ def save_checkpoint(run_dir: Path, model, optimizer, state: dict[str, Any], rng:
             tensors, meta = optimizer_tensors(optimizer)
             save_file(tensors, str(tmp / OPTIM_FILE))
         save_file(rng, str(tmp / RNG_FILE))
-        (tmp / STATE_FILE).write_text(json.dumps({**state, "optimizer": meta}, indent=1), encoding="utf-8")
-        for f in tmp.rglob("*"):
+        checksums = {}
+        for f in sorted(tmp.rglob("*")):
             if f.is_file():
-                with open(f, "rb") as handle:
-                    os.fsync(handle.fileno())
+                checksums[f.relative_to(tmp).as_posix()] = sha256_file(f, fsync=True)
+        text = json.dumps({**state, "optimizer": meta, CHECKSUMS: checksums}, indent=1)
+        with open(tmp / STATE_FILE, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         final = root / name
         if final.exists():
             _replace_checkpoint(root, tmp, name)
@@ -163,16 +173,67 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return root / name if name else None
 
 
-def load_checkpoint_state(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, torch.Tensor]]:
-    """(state.json, the optimizer state dict, rng tensors) of a checkpoint directory, with clear
-    errors. The optimizer state is None where a distributed engine (DeepSpeed) kept its own."""
+def _need(path: Path, name: str) -> Path:
+    if not (path / name).is_file():
+        raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
+    return path / name
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's state.json, unverified; CheckpointError if it is missing or unreadable."""
     try:
-        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-        meta = state.get("optimizer")
-        optim = None if meta is None else optimizer_state_dict(load_file(str(path / OPTIM_FILE)), meta)
-        rng = load_file(str(path / RNG_FILE))
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"checkpoint {path} is incomplete: {exc.filename} is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as exc:
+        state = json.loads(_need(path, STATE_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable: {STATE_FILE}: {exc}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} is unreadable: {STATE_FILE} does not hold a mapping")
+    return state
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """Check every file of checkpoint `path` against the sha256 its state.json records; returns
+    the state. CheckpointError naming the first missing or changed file. A checkpoint written
+    before checksums were recorded passes unverified (its state has no `checksums`)."""
+    path = Path(path)
+    state = read_state(path)
+    for name, expected in (state.get(CHECKSUMS) or {}).items():
+        try:
+            found = sha256_file(_need(path, name))
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint {path} is unreadable: {name}: {exc}") from None
+        if found != expected:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {name} differs from the sha256 recorded in "
+                                  f"{STATE_FILE} (a changed or damaged file)")
+    return state
+
+
+def load_checkpoint_state(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, torch.Tensor]]:
+    """(state.json, the optimizer state dict, rng tensors) of a checkpoint directory, verified
+    (`verify_checkpoint`), with clear errors. The optimizer state is None where a distributed
+    engine (DeepSpeed) kept its own."""
+    state = verify_checkpoint(path)
+    meta = state.get("optimizer")
+    try:
+        optim = None if meta is None else optimizer_state_dict(load_file(str(_need(path, OPTIM_FILE))), meta)
+        rng = load_file(str(_need(path, RNG_FILE)))
+    except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable: {exc}") from None
     return state, optim, rng
+
+
+def check_engine_state_trusted(path: Path, state: dict[str, Any], run_id: str | None) -> None:
+    """Before an engine reads its own state files from checkpoint `path` (DeepSpeed's, which
+    torch.load unpickles: loading one runs whatever code it holds): the checkpoint must have been
+    written by this run (its `run_id` equals the run directory's) and every one of its files must
+    be covered by its checksums (verified by `load_checkpoint_state`). CheckpointError saying why not."""
+    why = "; an engine's own state files are unpickled, so only checkpoints this run wrote are loaded"
+    if CHECKSUMS not in state:
+        raise CheckpointError(f"checkpoint {path} records no checksums (written by an older configaformer){why}")
+    if run_id is None or state.get("run_id") != run_id:
+        raise CheckpointError(f"checkpoint {path} was written by another run (run id {state.get('run_id')!r}, "
+                              f"this run directory's is {run_id!r}){why}")
+    files = (f.relative_to(path).as_posix() for f in path.rglob("*") if f.is_file())
+    unlisted = sorted(name for name in files if name != STATE_FILE and name not in state[CHECKSUMS])
+    if unlisted:
+        raise CheckpointError(f"checkpoint {path} holds files its checksums do not cover ({', '.join(unlisted[:3])})"
+                              f"{why}")

@@ -59,7 +59,7 @@ def cmd_generate(args) -> int:
     from ..errors import ConfigError
     from ..generation import check_sampling
     from ..model import Transformer
-    from .checkpoint import CheckpointError
+    from .checkpoint import CheckpointError, verify_checkpoint
 
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.min_p,
                    name=lambda option: "--" + option.replace("_", "-"))
@@ -75,6 +75,7 @@ def cmd_generate(args) -> int:
         tokenizer = TokenDataset(data_path).tokenizer()
     except (ValueError, OSError) as err:  # a moved or deleted dataset (DataError), an unreadable tokenizer
         raise CheckpointError(f"the run's dataset {data_path} (for its tokenizer) cannot be read: {err}") from None
+    verify_checkpoint(path)  # CheckpointError naming a changed or missing file
     try:
         model = Transformer.from_pretrained(path).eval()
     except ConfigError as err:

@@ -29,7 +29,7 @@ class RunModel(BaseModel):
     """Run-file sections: unknown keys are errors; numbers written as text ("3e-4", which YAML
     reads as a string) are accepted, since run files and command lines are typed by hand."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no inf or nan anywhere
 
 
 class DataSection(RunModel):
@@ -64,6 +64,13 @@ class TrainSection(RunModel):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     num_threads: Optional[PositiveInt] = None  # torch CPU threads (None: torch's default)
     progress: bool = True
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= beta < 1.0 for beta in value):  # AdamW's own check would fail at the first step
+            raise ValueError(f"each of AdamW's two betas must be in [0, 1), got {list(value)}")
+        return value
 
 
 class ObjectiveSection(RunModel):
@@ -131,6 +138,13 @@ class RunConfig(RunModel):
     sample: SampleSection = SampleSection()
     out_dir: str = "runs/default"
     distributed: DistributedSection = DistributedSection()  # see configaformer.parallel
+
+    @field_validator("out_dir")
+    @classmethod
+    def _out_dir_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a directory (an empty out_dir would write into the current directory)")
+        return value
 
     @field_validator("model")
     @classmethod

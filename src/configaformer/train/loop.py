@@ -27,13 +27,18 @@ from ..model import Transformer
 from ..parallel import CheckpointRequest, make_engine
 from ..parallel.checkpointing import apply_activation_checkpointing, checkpoint_positions
 from .baselines import compressor_bits_per_byte, eval_text_bytes
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint_state, save_checkpoint, staging_dir
+from .checkpoint import (CheckpointError, check_engine_state_trusted, latest_checkpoint, load_checkpoint_state,
+                         save_checkpoint, staging_dir)
 from .config import RunConfig
 from .metrics import MetricsWriter
 from .objectives import IGNORE_INDEX, Example, causal_example, masked_example
 from .optim import lr_at, make_optimizer
+from .rundir import check_out_dir, claim_run_dir, run_id
 from .runtime import (ProgressBar, TrainingError, memory_mib, model_config_of, pick_device, pick_precision,
                       rng_state)
+
+
+RESUME_KEYS = ("step", "tokens", "best_val", "loader", "model_config")  # what _resume reads from state.json
 
 
 @dataclass
@@ -64,6 +69,8 @@ class Trainer:
     def __init__(self, run: RunConfig, resume: bool = False):
         self.run, self.cfg = run, run.train
         self.run_dir = Path(run.out_dir)
+        check_out_dir(run.out_dir)
+        self._lock = self.run_id = None
         if run.train.num_threads:
             torch.set_num_threads(run.train.num_threads)
         self.device = pick_device(run.train.device)
@@ -88,13 +95,27 @@ class Trainer:
         if not resume and latest_checkpoint(self.run_dir) is not None:  # every rank checks: none goes on alone
             raise TrainingError(f"{self.run_dir} already holds a run; pass --resume to continue it, "
                                 f"or choose another out_dir")
+        if resume:  # before anything is written
+            path = latest_checkpoint(self.run_dir)
+            if path is None:
+                raise TrainingError(f"--resume: {self.run_dir} has no checkpoint to resume from")
+            if not path.is_dir():
+                raise TrainingError(f"--resume: {path.parent / 'latest'} names {path.name}, which is not a "
+                                    f"checkpoint directory; point it at one of {path.parent}/step_*")
         self.device = self.engine.setup(self.device)  # joins the process group
         self.rank, self.world_size = self.engine.rank, self.engine.world_size
         try:
             self._build(resume)
         except BaseException:
-            self.engine.close()
+            self.close()
             raise
+
+    def close(self) -> None:
+        """Leave the process group and release the run directory."""
+        self.engine.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def _build(self, resume: bool) -> None:
         run = self.run
@@ -114,6 +135,7 @@ class Trainer:
             math.ceil(run.train.max_tokens / self.tokens_per_step) if run.train.max_tokens else None)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock, self.run_id = claim_run_dir(self.run_dir, resume)  # before the metrics writer opens
         self.metrics = MetricsWriter(self.run_dir, enabled=self.is_main)
         if resume:
             self._resume()
@@ -299,7 +321,8 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         return {"step": self.step, "tokens": self.tokens, "best_val": self.best_val,
                 "loader": self._boundary["loader"], "run": self.run.to_dict(),
-                "model_config": self.model_cfg.to_dict(), "distributed": self.engine.describe()}
+                "model_config": self.model_cfg.to_dict(), "distributed": self.engine.describe(),
+                "run_id": self.run_id}
 
     def save(self, best: bool = False) -> Path | None:
         """Every rank enters (gathering sharded state is collective); rank 0 writes."""
@@ -318,6 +341,12 @@ class Trainer:
             raise TrainingError(f"--resume: {self.run_dir} has no checkpoint to resume from")
         try:
             state, optim, rng = load_checkpoint_state(path)
+            missing = [key for key in RESUME_KEYS if key not in state]
+            if missing:
+                raise CheckpointError(f"{path / 'state.json'} lacks {', '.join(missing)}: not a checkpoint this "
+                                      f"version can resume")
+            if self.engine.unpickles_own_state:
+                check_engine_state_trusted(path, state, run_id(self.run_dir))
             saved = resolve_config(state["model_config"]).to_dict()
         except (CheckpointError, KeyError, ConfigError) as err:
             raise TrainingError(f"--resume: {err}") from None
@@ -475,4 +504,4 @@ def train(run: RunConfig, resume: bool = False) -> Summary:
     try:
         return trainer.fit()
     finally:
-        trainer.engine.close()
+        trainer.close()

@@ -32,7 +32,7 @@ class MetricsWriter:
         path = self.run_dir / METRICS_FILE
         if not path.is_file():
             return
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in read_lines(path):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
@@ -45,7 +45,7 @@ class MetricsWriter:
         if not self.enabled or not path.is_file():
             return
         kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in read_lines(path):
             try:
                 if json.loads(line).get("step", 0) <= step:
                     kept.append(line)
@@ -110,3 +110,12 @@ class MetricsWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a metrics file; ValueError naming it when it is not UTF-8 text (never
+    rewritten then: its records are left as they are for the user to inspect or move aside)."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); move it aside to resume") from None
