@@ -155,6 +155,38 @@ def test_alibi_split_form_for_bidirectional_layers():
     assert build([dict(ATTN, causal_mask_bool=False, bias_mask_config={"type": "alibi"})]).config.layers[0].bias_mask_config.form == "symmetric"
 
 
+SPLIT = {"type": "alibi", "form": "split"}
+
+
+def test_split_alibi_with_talking_heads_is_finite_and_starts_as_plain_split_alibi():
+    """Split ALiBi's -inf blocks keys; mixed by talking heads (whose mix has zeros) it gave NaN."""
+    issue = {"dim_model": 16, "vocab_size": 11, "classifiers": [11],
+             "layers": [dict(ATTN, num_heads=2, causal_mask_bool=False, talking_heads_bool=True, bias_mask_config=SPLIT)]}
+    model = configaformer.Transformer(issue)
+    (out,) = model(torch.randint(0, 11, (2, 5)))
+    out.square().mean().backward()
+    assert torch.isfinite(out).all() and all(torch.isfinite(p.grad).all() for p in model.parameters())
+    split = dict(ATTN, causal_mask_bool=False, bias_mask_config=SPLIT)
+    plain, talking = build([split]), build([dict(split, talking_heads_bool=True)])
+    talking.load_state_dict(plain.state_dict(), strict=False)  # identity mixes
+    ids = torch.randint(0, VOCAB, (2, 7))
+    torch.testing.assert_close(talking(ids)[0], plain(ids)[0], rtol=1e-5, atol=1e-5)
+    perturb(talking, ["pre_mix", "post_mix"])
+    assert torch.isfinite(talking(ids)[0]).all()
+
+
+def test_split_alibi_keeps_its_directions_under_a_softcap():
+    """tanh of split ALiBi's -inf is a finite -softcap: the backward heads would see later keys."""
+    split = dict(ATTN, causal_mask_bool=False, bias_mask_config=SPLIT, logit_softcap=2.0)
+    model = build([split, dict(ATTN, causal_mask_bool=False, previous_attention_bool=True)])
+    seen = {}
+    model.layers[1].block.register_forward_hook(lambda m, args, out: seen.update(probs=args[1].consume("attn_map")))
+    model(torch.randint(0, VOCAB, (2, 6)))
+    later = torch.ones(6, 6, dtype=torch.bool).triu(1)  # key after query
+    assert (seen["probs"][:, :2][..., later] == 0).all() and (seen["probs"][:, 2:][..., later.T] == 0).all()
+    assert (seen["probs"][:, :2][..., later.T] > 0).all()
+
+
 def test_t5_buckets():
     rel = torch.arange(-200, 201)[None]
     causal = relative_buckets(rel, True, 32, 128)[0]

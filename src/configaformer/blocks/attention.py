@@ -378,12 +378,19 @@ class Attention(Block):
     def _explicit(self, q, k, v, bias, ctx: ForwardContext) -> torch.Tensor:
         k, v = self._expand_kv(k), self._expand_kv(v)
         scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, L, M + L), before masking
+        blocked = None
         if bias is not None:
-            scores = scores + bias
+            # A bias may block keys with -inf (split ALiBi's directions, and scores reused from such
+            # a layer): it is a mask, applied after the mix and the cap, so that -inf never meets a
+            # mix weight of 0 (NaN) nor tanh (which would turn it into a finite -softcap).
+            blocked = torch.isneginf(bias)
+            scores = scores + bias.masked_fill(blocked, 0.0)
         if self.talking_heads:
             scores = torch.einsum("bhij,gh->bgij", scores, self.pre_mix)
         if self.softcap is not None:
             scores = self.softcap * torch.tanh(scores / self.softcap)
+        if blocked is not None:
+            scores = scores.masked_fill(blocked, float("-inf"))
         if self.keep_scores:
             ctx.produce("attn_scores", scores)
         mask = self._mask(ctx)
