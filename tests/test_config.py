@@ -29,6 +29,20 @@ def test_seed_example_builds_and_returns_one_tensor_per_classifier():
     assert model.emb_proj is not None  # input_emb_size != dim_model
 
 
+@pytest.mark.parametrize("heads", [[{"num_classes": 3}, {"num_classes": 4, "name": "head0"}],
+                                   [{"num_classes": VOCAB, "name": "head1"}, VOCAB, {"num_classes": 5, "name": "lm"}],
+                                   [3, 4, {"num_classes": 5, "name": "head1_1"}, {"num_classes": 6, "name": "head1"}]])
+def test_default_head_names_never_collide_and_the_model_reloads(heads, tmp_path):
+    model = configaformer.Transformer(tiny([ATTN], classifiers=heads))
+    explicit = [h["name"] for h in heads if isinstance(h, dict) and "name" in h]
+    assert len(set(model.head_names)) == len(heads) and set(explicit) <= set(model.head_names)
+    model.save_pretrained(tmp_path)
+    again = configaformer.Transformer.from_pretrained(tmp_path)
+    ids = torch.randint(0, 3, (1, 4))
+    assert again.head_names == model.head_names
+    assert all(torch.equal(a, b) for a, b in zip(model(ids), again(ids)))
+
+
 def test_resolved_config_has_every_default_and_is_a_fixed_point():
     cfg = resolve_config(seed_example())
     data = cfg.to_dict()

@@ -14,7 +14,7 @@ class ClassifierConfig(StrictModel):
     """One output head. A bare integer in `classifiers` means `{"num_classes": n}`."""
 
     num_classes: int  # validated >= 1 by the resolver so the message can say so plainly
-    name: Optional[str] = None  # default: "lm" for the first head whose size is vocab_size, else "head{i}"
+    name: Optional[str] = None  # default: "lm" for the first head whose size is vocab_size, else "head{i}" (never an explicit name)
     head_type: Literal["ffn", "linear", "tied"] = "ffn"
     bias_bool: bool = True
     ff_mult: PositiveFloat = 1.0  # hidden width of the "ffn" head, in units of dim_model

@@ -196,6 +196,10 @@ def _resolve_defaults(model: ModelConfig, layers: list[LayerConfig]) -> ModelCon
         name = head.name
         if name is None:
             name = "lm" if head.num_classes == model.vocab_size and "lm" not in taken else f"head{i}"
+            suffix = 0
+            while name in taken:  # an explicit name already holds it
+                suffix += 1
+                name = f"head{i}_{suffix}"
             taken.add(name)
         heads.append(head.model_copy(update={"name": name}))
     model = model.model_copy(update={"input_emb_size": model.emb_size, "classifiers": heads})
