@@ -1,12 +1,14 @@
 """The config language: the seed example, resolution, loading, and every documented mistake."""
 
 import json
+import math
 
 import pytest
 import torch
 
 import configaformer
 from configaformer import ConfigError, resolve_config
+from configaformer.config.resolve import size_parts
 
 from .conftest import ATTN, FFN, VOCAB, tiny
 
@@ -224,3 +226,47 @@ def test_layer_list_repetition_shares_no_state():
     assert model.layers[0].block.qkv.weight.data_ptr() != model.layers[2].block.qkv.weight.data_ptr()
     assert layers[0] == ATTN  # the caller's dicts are not modified
     assert VOCAB == model.config.vocab_size
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize("config, path", [
+    (lambda v: tiny([dict(FFN, ff_mult=v)]), "layers[0].ff_mult"),
+    (lambda v: tiny([FFN], init_std=v), "init_std"),
+    (lambda v: tiny([dict(FFN, residual_scale="layerscale", layerscale_init=v)]), "layers[0].layerscale_init"),
+    (lambda v: tiny([dict(ATTN, logit_softcap=v)]), "layers[0].logit_softcap"),
+    (lambda v: tiny([FFN], classifiers=[{"num_classes": 3, "ff_mult": v}]), "classifiers[0].ff_mult"),
+    (lambda v: tiny([{"type": "Parallel", "attention": {"num_heads": 4, "logit_softcap": v}}]),
+     "layers[0].attention.logit_softcap"),
+])
+def test_a_float_key_refuses_inf_and_nan_naming_the_key(config, path, value):
+    problems = _problems(config(value))
+    assert list(problems) == [path] and "finite" in problems[path]
+
+
+@pytest.mark.parametrize("config, path", [
+    (tiny([dict(FFN, ff_mult=1e300)]), "layers[0]"),
+    (tiny([dict(FFN, ff_mult=1e308)], dim_model=2 ** 40), "layers[0]"),
+    (tiny([FFN], dim_model=2 ** 40, dim_rope=0), "layers[0]"),
+    (tiny([FFN], vocab_size=2 ** 40), "vocab_size"),
+    (tiny([ATTN], max_seq_len=2 ** 40), "max_seq_len"),
+    (tiny([{"type": "gMLP"}], max_seq_len=2 ** 21), "layers[0]"),
+    (tiny([FFN], classifiers=[2 ** 40]), "classifiers[0]"),
+])
+def test_an_absurd_size_is_a_config_error_with_the_estimate_before_any_tensor(config, path, monkeypatch):
+    built = []
+    monkeypatch.setattr(torch.nn.Linear, "__init__", lambda *a, **k: built.append(1))
+    problems = _problems(config)
+    assert list(problems) == [path] and "bytes in float32" in problems[path] and not built
+
+
+@pytest.mark.parametrize("extra", [{}, {"abs_pos_emb": "learned", "input_emb_size": 16, "norm_type": "rmsnorm",
+                                       "final_norm_bool": False,
+                                       "classifiers": [{"num_classes": VOCAB, "head_type": "tied"},
+                                                       {"num_classes": 3, "head_type": "linear"},
+                                                       {"num_classes": 4, "ff_mult": 1.5}]}])
+def test_the_size_estimate_counts_exactly_what_the_model_allocates(extra):
+    layers = [ATTN, {"type": "gMLP", "dim_tiny_attn": 8}, {"type": "Parallel"}, FFN,
+              dict(FFN, share_weights_with=3), {"type": "CrossAttention", "dim_context": 12}]
+    model = configaformer.Transformer(tiny(layers, max_seq_len=16, **extra))
+    allocated = model.num_parameters() + sum(b.numel() for b in model.buffers())
+    assert sum(n for _, n in size_parts(model.config)) == allocated

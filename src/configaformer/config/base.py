@@ -11,9 +11,9 @@ from ..errors import Problem
 
 
 class StrictModel(BaseModel):
-    """Base for every config schema: unknown keys are errors, types are not coerced."""
+    """Base for every config schema: unknown keys are errors, types are not coerced, floats are finite."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 def join_path(prefix: str, loc: tuple | list) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import TYPE_CHECKING, ClassVar, Literal, Optional
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
@@ -22,6 +24,13 @@ def norm_params(norm_type: str, dim: int) -> int:
     """Parameters of one norm of width `dim` (for the parameter-count formulas): LayerNorm has a
     weight and a bias per feature, RMSNorm a weight per feature, ScaleNorm one scalar."""
     return {"layernorm": 2 * dim, "rmsnorm": dim, "scalenorm": 1, "none": 0}[norm_type]
+
+
+def scaled_width(mult: float, dim: int) -> int:
+    """A hidden width `round(mult * dim)`, at least 1 (FFN, gMLP and head `ff_mult`). A product past
+    the float range is rounded exactly, so the size check can refuse it instead of overflowing."""
+    product = mult * dim
+    return max(1, round(Fraction(mult) * dim if math.isinf(product) else product))
 
 
 # Checks return (key path relative to the layer, message) pairs; the resolver adds `layers[i]`.

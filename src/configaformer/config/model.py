@@ -7,7 +7,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 
 from .base import StrictModel
-from .layer import NormType
+from .layer import NormType, norm_params, scaled_width
 
 
 class ClassifierConfig(StrictModel):
@@ -18,6 +18,21 @@ class ClassifierConfig(StrictModel):
     head_type: Literal["ffn", "linear", "tied"] = "ffn"
     bias_bool: bool = True
     ff_mult: PositiveFloat = 1.0  # hidden width of the "ffn" head, in units of dim_model
+
+    def dim_hidden(self, model: ModelConfig) -> int:
+        return scaled_width(self.ff_mult, model.dim_model)
+
+    def count_params(self, model: ModelConfig) -> int:
+        """Parameters of the head by formula (a tied head's output weight is the embedding's)."""
+        dim, bias = model.dim_model, int(self.bias_bool)
+        out = bias * self.num_classes
+        if self.head_type == "tied":
+            return out + (dim * model.emb_size if model.emb_size != dim else 0)
+        out += dim * self.num_classes
+        if self.head_type == "linear":
+            return out
+        hidden = self.dim_hidden(model)
+        return out + 2 * norm_params(model.norm_type, dim) + 2 * dim * hidden + bias * (hidden + dim)
 
 
 class ModelConfig(StrictModel):
