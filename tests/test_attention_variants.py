@@ -269,7 +269,7 @@ def test_variants_compile_without_graph_breaks():
 
 
 @pytest.mark.parametrize("layer, path, words", [
-    (dict(ATTN, num_kv_heads=3), "layers[0].num_kv_heads", "valid: 1, 2, 4"),
+    (dict(ATTN, num_kv_heads=3), "layers[0].num_kv_heads", "valid num_kv_heads near 3: 1, 2, 4"),
     (dict(ATTN, bias_mask_config={"type": "alibi", "form": "split"}), "layers[0].bias_mask_config.form", "causal layer"),
     (dict(ATTN, causal_mask_bool=False, bias_mask_config={"type": "alibi", "form": "causal"}),
      "layers[0].bias_mask_config.form", "symmetric"),

@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -86,7 +87,7 @@ def _problems(config):
     (tiny([dict(ATTN, num_heads="4")]), "layers[0].num_heads", "valid integer"),
     (tiny([dict(ATTN, causal_mask_bool=1)]), "layers[0].causal_mask_bool", "valid boolean"),
     (tiny([dict(ATTN, num_heads=5)]), "layers[0].num_heads", "not divisible"),
-    (tiny([dict(ATTN, dim_attn=30, num_heads=4)]), "layers[0].num_heads", "valid num_heads: 1, 2, 3, 5"),
+    (tiny([dict(ATTN, dim_attn=30, num_heads=4)]), "layers[0].num_heads", "valid num_heads near 4: 1, 2, 3, 5, 6, 10"),
     (tiny([dict(ATTN, dim_rope=10)]), "layers[0].dim_rope", "at most the head size"),
     (tiny([dict(ATTN, dim_rope=3)]), "layers[0].dim_rope", "even"),
     (tiny([ATTN], dim_rope=12), "layers[0].dim_rope", "model-wide"),
@@ -270,3 +271,17 @@ def test_the_size_estimate_counts_exactly_what_the_model_allocates(extra):
     model = configaformer.Transformer(tiny(layers, max_seq_len=16, **extra))
     allocated = model.num_parameters() + sum(b.numel() for b in model.buffers())
     assert sum(n for _, n in size_parts(model.config)) == allocated
+
+
+@pytest.mark.parametrize("layer, path", [(dict(ATTN, dim_attn=2 ** 34, num_heads=3), "layers[0].num_heads"),
+                                         (dict(ATTN, dim_attn=2 ** 34, num_heads=2 ** 33, num_kv_heads=3),
+                                          "layers[0].num_kv_heads"),
+                                         ({"type": "CrossAttention", "dim_attn": 2 ** 34, "num_heads": 3},
+                                          "layers[0].num_heads")])
+def test_an_indivisible_head_count_lists_divisors_near_it_quickly(layer, path):
+    start = time.perf_counter()
+    problems = _problems(tiny([layer], dim_model=1, vocab_size=2, classifiers=[{"num_classes": 2, "head_type": "linear"}]))
+    assert time.perf_counter() - start < 2.0
+    listed = [int(v) for v in problems[path].rsplit(": ", 1)[1].split(", ")]
+    total = 2 ** 34 if "num_heads" == path.rsplit(".", 1)[1] else 2 ** 33
+    assert len(listed) == 6 and listed == sorted(listed) and all(total % v == 0 for v in listed) and 2 in listed

@@ -33,6 +33,25 @@ def scaled_width(mult: float, dim: int) -> int:
     return max(1, round(Fraction(mult) * dim if math.isinf(product) else product))
 
 
+def divisors_near(n: int, target: int, count: int = 6, reach: int = 100_000) -> list[int]:
+    """Up to `count` divisors of `n` nearest to `target`, ascending, for an error message to offer:
+    a bounded search outward from `target`, so a huge `n` costs no more than a small one."""
+    found: list[int] = []
+    for step in range(reach):
+        for h in sorted({target - step, target + step}):
+            if 1 <= h <= n and n % h == 0:
+                found.append(h)
+        if len(found) >= count or (target - step < 1 and target + step > n):
+            break
+    return sorted(found[:count])
+
+
+def indivisible(key: str, value: int, total_name: str, total: int) -> tuple[str, str]:
+    """The issue for `total` (e.g. dim_attn) not divisible by `value` (e.g. num_heads)."""
+    options = ", ".join(map(str, divisors_near(total, value)))
+    return key, f"{total_name} ({total}) is not divisible by {key} ({value}); valid {key} near {value}: {options}"
+
+
 # Checks return (key path relative to the layer, message) pairs; the resolver adds `layers[i]`.
 Issues = list[tuple[str, str]]
 
