@@ -8,7 +8,7 @@ from configaformer import ConfigError
 from configaformer.positional.alibi import alibi_bias, alibi_slopes
 from configaformer.positional.relative import relative_buckets
 
-from .conftest import ATTN, FFN, VOCAB, assert_causal, assert_padding_invariant, tiny
+from .conftest import ATTN, FFN, VOCAB, assert_causal, assert_padding_invariant, cached_logits, tiny
 
 VARIANT_LAYERS = [
     dict(ATTN, num_kv_heads=2, qk_norm_bool=True, head_gate_bool=True),
@@ -293,3 +293,16 @@ def test_lazy_layer_refuses_score_keys_and_mismatched_memory():
     assert {"layers[1].window_size", "layers[1].talking_heads_bool"} <= paths
     with pytest.raises(ConfigError, match=r"layers\[1\].num_memory_kv"):
         build([dict(ATTN, num_memory_kv=2), dict(ATTN, previous_attention_bool=True)])
+
+
+@pytest.mark.parametrize("window", [2 ** 70, 2 ** 62, 7])
+def test_a_window_holding_every_key_is_plain_attention_however_large(window):
+    plain = build([ATTN])
+    windowed = build([dict(ATTN, window_size=window)])
+    windowed.load_state_dict(plain.state_dict())
+    ids = torch.randint(0, VOCAB, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[0, :2] = False
+    for inputs in ({}, {"padding_mask": mask}):
+        torch.testing.assert_close(windowed(ids, **inputs)[0], plain(ids, **inputs)[0])
+    torch.testing.assert_close(cached_logits(windowed, ids, [3, 1, 3]), plain(ids)[0], rtol=1e-5, atol=1e-5)

@@ -91,7 +91,7 @@ def resolve_config(config: ConfigLike) -> ModelConfig:
         raise ConfigError(problems + too_big)
     for (i, _), layer in zip(valid, model.layers):
         problems += [Problem(f"layers[{i}].{key}", msg) for key, msg in layer.check(model)]
-    problems += _check_model_keys(model)
+    problems += _check_model_keys(model) + _check_context_width(model, [i for i, _ in valid])
     if len(valid) == len(layers):
         shared, found = resolve_sharing(model.layers)
         model = model.model_copy(update={"layers": shared})
@@ -191,6 +191,17 @@ def _check_model_keys(model: ModelConfig) -> list[Problem]:
         problems.append(Problem("attention_impl", "explicit forms the attention matrix of self-attention layers, "
                                                   "but no layer computes one; leave attention_impl out"))
     return problems
+
+
+def _check_context_width(model: ModelConfig, indices: list[int]) -> list[Problem]:
+    """Every layer that reads the context (`model(ids, context=...)`: one tensor for the whole
+    model) must expect the same width `dim_context`. `indices`: the layers' positions."""
+    readers = [(i, layer.dim_context) for i, layer in zip(indices, model.layers)
+               if get_block(layer.type).block_cls.reads_context]
+    return [Problem(f"layers[{i}].dim_context", f"{width}, but layers[{readers[0][0]}].dim_context is {readers[0][1]}: "
+                                                f"every layer that reads the context reads the one context tensor "
+                                                f"passed to the model, so they take one width")
+            for i, width in readers[1:] if width != readers[0][1]]
 
 
 def resolve_sharing(layers: list[LayerConfig]) -> tuple[list[LayerConfig], list[Problem]]:
