@@ -245,6 +245,24 @@ def test_a_float_key_refuses_inf_and_nan_naming_the_key(config, path, value):
 
 
 @pytest.mark.parametrize("config, path", [
+    (tiny([dict(ATTN, logit_softcap=5e-324)]), "layers[0].logit_softcap"),  # found by the fuzz suite: NaN gradients
+    (tiny([FFN], init_std=1e300), "init_std"),
+    (tiny([FFN], norm_eps=1e-45), "norm_eps"),
+    (tiny([ATTN], rope_base=1e39), "rope_base"),
+    (tiny([{"type": "Parallel", "attention": {"num_heads": 4, "logit_softcap": 1e-40}}]), "layers[0].attention.logit_softcap"),
+])
+def test_a_float_that_float32_cannot_hold_is_refused_naming_the_key(config, path):
+    problems = _problems(config)
+    assert list(problems) == [path] and "float32" in problems[path]
+
+
+def test_a_float32_sized_softcap_keeps_gradients_finite():
+    model = configaformer.Transformer(tiny([dict(ATTN, logit_softcap=1.2e-38)]))
+    model(torch.randint(0, VOCAB, (2, 5)))[0].square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("config, path", [
     (tiny([dict(FFN, ff_mult=1e300)]), "layers[0]"),
     (tiny([dict(FFN, ff_mult=1e308)], dim_model=2 ** 40), "layers[0]"),
     (tiny([FFN], dim_model=2 ** 40, dim_rope=0), "layers[0]"),
