@@ -247,13 +247,30 @@ def test_a_float_key_refuses_inf_and_nan_naming_the_key(config, path, value):
 @pytest.mark.parametrize("config, path", [
     (tiny([dict(ATTN, logit_softcap=5e-324)]), "layers[0].logit_softcap"),  # found by the fuzz suite: NaN gradients
     (tiny([FFN], init_std=1e300), "init_std"),
-    (tiny([FFN], norm_eps=1e-45), "norm_eps"),
+    (tiny([dict(FFN, residual_scale="layerscale", layerscale_init=1e-45)]), "layers[0].layerscale_init"),
     (tiny([ATTN], rope_base=1e39), "rope_base"),
     (tiny([{"type": "Parallel", "attention": {"num_heads": 4, "logit_softcap": 1e-40}}]), "layers[0].attention.logit_softcap"),
 ])
 def test_a_float_that_float32_cannot_hold_is_refused_naming_the_key(config, path):
     problems = _problems(config)
     assert list(problems) == [path] and "float32" in problems[path]
+
+
+FUZZ_ZERO_INPUT = {"dim_model": 12, "vocab_size": 11, "classifiers": [3], "max_seq_len": 1, "norm_type": "none",
+                   "layers": [{"type": "gMLP", "add_residual": False, "bias_bool": False},
+                              {"type": "CrossAttention", "add_residual": False, "attn_dropout": 0.92, "norm_type": "rmsnorm",
+                               "num_heads": 1},
+                              {"type": "CrossAttention", "attn_dropout": 0.5, "norm_type": "rmsnorm", "num_heads": 1}]}
+
+
+def test_norm_eps_small_enough_to_overflow_a_zero_inputs_gradient_is_refused():
+    """Found by the fuzz suite: attention dropout zeroes a layer's whole output, the next layer's
+    RMSNorm sees an all-zero input, and with norm_eps 1e-30 the gradients overflow."""
+    assert list(_problems(dict(FUZZ_ZERO_INPUT, norm_eps=1e-30))) == ["norm_eps"]
+    model = configaformer.Transformer(dict(FUZZ_ZERO_INPUT, norm_eps=1e-12))
+    torch.manual_seed(0)
+    model(torch.randint(0, 11, (2, 1)), context=torch.randn(2, 3, 12))[0].square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_a_float32_sized_softcap_keeps_gradients_finite():

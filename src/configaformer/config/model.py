@@ -47,7 +47,9 @@ class ModelConfig(StrictModel):
     max_seq_len: Optional[PositiveInt] = None
     emb_dropout: NonNegativeFloat = Field(0.0, lt=1.0)
     norm_type: NormType = "layernorm"
-    norm_eps: PositiveFloat = 1e-5
+    # At least 1e-12: a norm's gradient at an all-zero input is about eps**-0.5, and a smaller
+    # epsilon (1e-30) let two such norms overflow float32 (found by the fuzz suite).
+    norm_eps: float = Field(1e-5, ge=1e-12)
     final_norm_bool: bool = True
     rope_base: PositiveFloat = 10000.0
     init_std: PositiveFloat = 0.02
