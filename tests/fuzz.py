@@ -5,7 +5,12 @@ class of every registered block (`list_blocks()`), with their fields' annotation
 Optional, nested models, lists) and constraints (ge/gt/le/lt). A new key or block is therefore
 fuzzed without touching this file. Sizes are drawn small (a handful of values per kind of key,
 below) so every model is tiny; about one value in `INVALID_ODDS` is out of range or of the wrong
-type, and now and then a key is unknown or a required one missing.
+type, and now and then a key is unknown or a required one missing. How many optional keys a
+config writes varies from config to config: dense ones meet more combinations of features.
+
+`repair(config)` drops what an invalid config's ConfigError names (reading only its key paths)
+until it builds, so dense configs also yield valid models with many features at once;
+`check_drawn` checks the drawn config and its repair.
 
 `check(config)` runs the properties on one config and returns an `Outcome`:
 - it raises ConfigError, each problem naming a key path, or it builds;
