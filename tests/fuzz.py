@@ -48,7 +48,7 @@ from configaformer.registry import get_block, list_blocks
 from .conftest import cached_logits
 
 INVALID_ODDS = 40  # about one drawn value in this many is invalid
-OPTIONAL_ODDS = (2, 2, 3, 5)  # an optional key is written about once in this many draws (one per config)
+OPTIONAL_ODDS = (1, 2, 2, 3, 5)  # an optional key is written about once in this many draws (one per config)
 MAX_LAYERS = 4
 BATCH, LENGTH, CONTEXT_LENGTH = 2, 6, 3
 CHUNKS = (1, 2, 3)  # the decode-cache check feeds LENGTH tokens in these chunks
@@ -191,7 +191,7 @@ def configs(draw) -> dict:
 PATH_PART = re.compile(r"([A-Za-z_]\w*)|\[(\d+)\]")
 
 
-def repair(config: dict, rounds: int = 12) -> dict | None:
+def repair(config: dict, rounds: int = 30) -> dict | None:
     """The drawn config less what its ConfigError names, one problem a round, until it builds (or
     None): dense configs mostly fail on one or two keys, and without them reach the combinations
     of features a valid model can have. It reads only the problems' key paths, so it needs no

@@ -25,7 +25,7 @@ from configaformer.config import ClassifierConfig, ModelConfig
 from configaformer.config.base import user_keys
 from configaformer.registry import get_block, list_blocks
 
-from .fuzz import check_drawn, configs, repair
+from .fuzz import check, check_drawn, configs, repair
 
 COMMON = dict(deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -133,3 +133,21 @@ def test_the_large_profile_script_counts_every_example_and_resumes(tmp_path):
     assert summary["checked"] >= 6 and summary["valid"] + summary["invalid"] + sum(summary[k] for k in ("exception", "unnamed_problem",
                                                                             "non_finite", "cache_mismatch",
                                                                             "reload_mismatch")) == summary["checked"]
+
+
+@pytest.mark.parametrize("breakage, kind", [
+    (lambda self, h, ctx: h * float("nan"), "non_finite"),
+    (lambda self, h, ctx: h.cumsum(1), "cache_mismatch"),  # causal, but forgets earlier chunks
+    (lambda self, h, ctx: h[:, :, 99], "exception"),
+])
+def test_check_reports_a_broken_block_by_kind(monkeypatch, breakage, kind):
+    config = {"dim_model": 8, "vocab_size": 11, "classifiers": [11], "layers": [{"type": "FFN"}]}
+    assert check(config).kind == "valid"
+    monkeypatch.setattr(get_block("FFN").block_cls, "forward", breakage)
+    assert check(config).kind == kind
+
+
+def test_check_reports_a_problem_without_a_key_path(monkeypatch):
+    config = {"dim_model": 8, "vocab_size": 11, "classifiers": [11], "layers": [{"type": "FFN"}]}
+    monkeypatch.setattr(get_block("FFN").config_cls, "check", lambda self, model: [("", "broken")])
+    assert check(config).kind == "unnamed_problem"
