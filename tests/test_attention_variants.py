@@ -8,7 +8,7 @@ from configaformer import ConfigError
 from configaformer.positional.alibi import alibi_bias, alibi_slopes
 from configaformer.positional.relative import relative_buckets
 
-from .conftest import ATTN, FFN, VOCAB, assert_causal, assert_padding_invariant, tiny
+from .conftest import ATTN, FFN, VOCAB, assert_causal, assert_padding_invariant, cached_logits, tiny
 
 VARIANT_LAYERS = [
     dict(ATTN, num_kv_heads=2, qk_norm_bool=True, head_gate_bool=True),
@@ -155,6 +155,38 @@ def test_alibi_split_form_for_bidirectional_layers():
     assert build([dict(ATTN, causal_mask_bool=False, bias_mask_config={"type": "alibi"})]).config.layers[0].bias_mask_config.form == "symmetric"
 
 
+SPLIT = {"type": "alibi", "form": "split"}
+
+
+def test_split_alibi_with_talking_heads_is_finite_and_starts_as_plain_split_alibi():
+    """Split ALiBi's -inf blocks keys; mixed by talking heads (whose mix has zeros) it gave NaN."""
+    issue = {"dim_model": 16, "vocab_size": 11, "classifiers": [11],
+             "layers": [dict(ATTN, num_heads=2, causal_mask_bool=False, talking_heads_bool=True, bias_mask_config=SPLIT)]}
+    model = configaformer.Transformer(issue)
+    (out,) = model(torch.randint(0, 11, (2, 5)))
+    out.square().mean().backward()
+    assert torch.isfinite(out).all() and all(torch.isfinite(p.grad).all() for p in model.parameters())
+    split = dict(ATTN, causal_mask_bool=False, bias_mask_config=SPLIT)
+    plain, talking = build([split]), build([dict(split, talking_heads_bool=True)])
+    talking.load_state_dict(plain.state_dict(), strict=False)  # identity mixes
+    ids = torch.randint(0, VOCAB, (2, 7))
+    torch.testing.assert_close(talking(ids)[0], plain(ids)[0], rtol=1e-5, atol=1e-5)
+    perturb(talking, ["pre_mix", "post_mix"])
+    assert torch.isfinite(talking(ids)[0]).all()
+
+
+def test_split_alibi_keeps_its_directions_under_a_softcap():
+    """tanh of split ALiBi's -inf is a finite -softcap: the backward heads would see later keys."""
+    split = dict(ATTN, causal_mask_bool=False, bias_mask_config=SPLIT, logit_softcap=2.0)
+    model = build([split, dict(ATTN, causal_mask_bool=False, previous_attention_bool=True)])
+    seen = {}
+    model.layers[1].block.register_forward_hook(lambda m, args, out: seen.update(probs=args[1].consume("attn_map")))
+    model(torch.randint(0, VOCAB, (2, 6)))
+    later = torch.ones(6, 6, dtype=torch.bool).triu(1)  # key after query
+    assert (seen["probs"][:, :2][..., later] == 0).all() and (seen["probs"][:, 2:][..., later.T] == 0).all()
+    assert (seen["probs"][:, :2][..., later.T] > 0).all()
+
+
 def test_t5_buckets():
     rel = torch.arange(-200, 201)[None]
     causal = relative_buckets(rel, True, 32, 128)[0]
@@ -237,7 +269,7 @@ def test_variants_compile_without_graph_breaks():
 
 
 @pytest.mark.parametrize("layer, path, words", [
-    (dict(ATTN, num_kv_heads=3), "layers[0].num_kv_heads", "valid: 1, 2, 4"),
+    (dict(ATTN, num_kv_heads=3), "layers[0].num_kv_heads", "valid num_kv_heads near 3: 1, 2, 4"),
     (dict(ATTN, bias_mask_config={"type": "alibi", "form": "split"}), "layers[0].bias_mask_config.form", "causal layer"),
     (dict(ATTN, causal_mask_bool=False, bias_mask_config={"type": "alibi", "form": "causal"}),
      "layers[0].bias_mask_config.form", "symmetric"),
@@ -261,3 +293,16 @@ def test_lazy_layer_refuses_score_keys_and_mismatched_memory():
     assert {"layers[1].window_size", "layers[1].talking_heads_bool"} <= paths
     with pytest.raises(ConfigError, match=r"layers\[1\].num_memory_kv"):
         build([dict(ATTN, num_memory_kv=2), dict(ATTN, previous_attention_bool=True)])
+
+
+@pytest.mark.parametrize("window", [2 ** 70, 2 ** 62, 7])
+def test_a_window_holding_every_key_is_plain_attention_however_large(window):
+    plain = build([ATTN])
+    windowed = build([dict(ATTN, window_size=window)])
+    windowed.load_state_dict(plain.state_dict())
+    ids = torch.randint(0, VOCAB, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[0, :2] = False
+    for inputs in ({}, {"padding_mask": mask}):
+        torch.testing.assert_close(windowed(ids, **inputs)[0], plain(ids, **inputs)[0])
+    torch.testing.assert_close(cached_logits(windowed, ids, [3, 1, 3]), plain(ids)[0], rtol=1e-5, atol=1e-5)

@@ -1,12 +1,15 @@
 """The config language: the seed example, resolution, loading, and every documented mistake."""
 
 import json
+import math
+import time
 
 import pytest
 import torch
 
 import configaformer
 from configaformer import ConfigError, resolve_config
+from configaformer.config.resolve import size_parts
 
 from .conftest import ATTN, FFN, VOCAB, tiny
 
@@ -27,6 +30,20 @@ def test_seed_example_builds_and_returns_one_tensor_per_classifier():
     assert logits_lm.shape == (2, 9, 300) and logits_cls.shape == (2, 9, 6)
     assert model.head_names == ["lm", "head1"]
     assert model.emb_proj is not None  # input_emb_size != dim_model
+
+
+@pytest.mark.parametrize("heads", [[{"num_classes": 3}, {"num_classes": 4, "name": "head0"}],
+                                   [{"num_classes": VOCAB, "name": "head1"}, VOCAB, {"num_classes": 5, "name": "lm"}],
+                                   [3, 4, {"num_classes": 5, "name": "head1_1"}, {"num_classes": 6, "name": "head1"}]])
+def test_default_head_names_never_collide_and_the_model_reloads(heads, tmp_path):
+    model = configaformer.Transformer(tiny([ATTN], classifiers=heads))
+    explicit = [h["name"] for h in heads if isinstance(h, dict) and "name" in h]
+    assert len(set(model.head_names)) == len(heads) and set(explicit) <= set(model.head_names)
+    model.save_pretrained(tmp_path)
+    again = configaformer.Transformer.from_pretrained(tmp_path)
+    ids = torch.randint(0, 3, (1, 4))
+    assert again.head_names == model.head_names
+    assert all(torch.equal(a, b) for a, b in zip(model(ids), again(ids)))
 
 
 def test_resolved_config_has_every_default_and_is_a_fixed_point():
@@ -70,7 +87,7 @@ def _problems(config):
     (tiny([dict(ATTN, num_heads="4")]), "layers[0].num_heads", "valid integer"),
     (tiny([dict(ATTN, causal_mask_bool=1)]), "layers[0].causal_mask_bool", "valid boolean"),
     (tiny([dict(ATTN, num_heads=5)]), "layers[0].num_heads", "not divisible"),
-    (tiny([dict(ATTN, dim_attn=30, num_heads=4)]), "layers[0].num_heads", "valid num_heads: 1, 2, 3, 5"),
+    (tiny([dict(ATTN, dim_attn=30, num_heads=4)]), "layers[0].num_heads", "valid num_heads near 4: 1, 2, 3, 5, 6, 10"),
     (tiny([dict(ATTN, dim_rope=10)]), "layers[0].dim_rope", "at most the head size"),
     (tiny([dict(ATTN, dim_rope=3)]), "layers[0].dim_rope", "even"),
     (tiny([ATTN], dim_rope=12), "layers[0].dim_rope", "model-wide"),
@@ -210,3 +227,96 @@ def test_layer_list_repetition_shares_no_state():
     assert model.layers[0].block.qkv.weight.data_ptr() != model.layers[2].block.qkv.weight.data_ptr()
     assert layers[0] == ATTN  # the caller's dicts are not modified
     assert VOCAB == model.config.vocab_size
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize("config, path", [
+    (lambda v: tiny([dict(FFN, ff_mult=v)]), "layers[0].ff_mult"),
+    (lambda v: tiny([FFN], init_std=v), "init_std"),
+    (lambda v: tiny([dict(FFN, residual_scale="layerscale", layerscale_init=v)]), "layers[0].layerscale_init"),
+    (lambda v: tiny([dict(ATTN, logit_softcap=v)]), "layers[0].logit_softcap"),
+    (lambda v: tiny([FFN], classifiers=[{"num_classes": 3, "ff_mult": v}]), "classifiers[0].ff_mult"),
+    (lambda v: tiny([{"type": "Parallel", "attention": {"num_heads": 4, "logit_softcap": v}}]),
+     "layers[0].attention.logit_softcap"),
+])
+def test_a_float_key_refuses_inf_and_nan_naming_the_key(config, path, value):
+    problems = _problems(config(value))
+    assert list(problems) == [path] and "finite" in problems[path]
+
+
+@pytest.mark.parametrize("config, path", [
+    (tiny([dict(ATTN, logit_softcap=5e-324)]), "layers[0].logit_softcap"),  # found by the fuzz suite: NaN gradients
+    (tiny([FFN], init_std=1e300), "init_std"),
+    (tiny([dict(FFN, residual_scale="layerscale", layerscale_init=1e-45)]), "layers[0].layerscale_init"),
+    (tiny([ATTN], rope_base=1e39), "rope_base"),
+    (tiny([{"type": "Parallel", "attention": {"num_heads": 4, "logit_softcap": 1e-40}}]), "layers[0].attention.logit_softcap"),
+])
+def test_a_float_that_float32_cannot_hold_is_refused_naming_the_key(config, path):
+    problems = _problems(config)
+    assert list(problems) == [path] and "float32" in problems[path]
+
+
+FUZZ_ZERO_INPUT = {"dim_model": 12, "vocab_size": 11, "classifiers": [3], "max_seq_len": 1, "norm_type": "none",
+                   "layers": [{"type": "gMLP", "add_residual": False, "bias_bool": False},
+                              {"type": "CrossAttention", "add_residual": False, "attn_dropout": 0.92, "norm_type": "rmsnorm",
+                               "num_heads": 1},
+                              {"type": "CrossAttention", "attn_dropout": 0.5, "norm_type": "rmsnorm", "num_heads": 1}]}
+
+
+def test_norm_eps_small_enough_to_overflow_a_zero_inputs_gradient_is_refused():
+    """Found by the fuzz suite: attention dropout zeroes a layer's whole output, the next layer's
+    RMSNorm sees an all-zero input, and with norm_eps 1e-30 the gradients overflow."""
+    assert list(_problems(dict(FUZZ_ZERO_INPUT, norm_eps=1e-30))) == ["norm_eps"]
+    model = configaformer.Transformer(dict(FUZZ_ZERO_INPUT, norm_eps=1e-12))
+    torch.manual_seed(0)
+    model(torch.randint(0, 11, (2, 1)), context=torch.randn(2, 3, 12))[0].square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_a_float32_sized_softcap_keeps_gradients_finite():
+    model = configaformer.Transformer(tiny([dict(ATTN, logit_softcap=1.2e-38)]))
+    model(torch.randint(0, VOCAB, (2, 5)))[0].square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("config, path", [
+    (tiny([dict(FFN, ff_mult=1e300)]), "layers[0]"),
+    (tiny([dict(FFN, ff_mult=1e308)], dim_model=2 ** 40), "layers[0]"),
+    (tiny([FFN], dim_model=2 ** 40, dim_rope=0), "layers[0]"),
+    (tiny([FFN], vocab_size=2 ** 40), "vocab_size"),
+    (tiny([ATTN], max_seq_len=2 ** 40), "max_seq_len"),
+    (tiny([{"type": "gMLP"}], max_seq_len=2 ** 21), "layers[0]"),
+    (tiny([FFN], classifiers=[2 ** 40]), "classifiers[0]"),
+])
+def test_an_absurd_size_is_a_config_error_with_the_estimate_before_any_tensor(config, path, monkeypatch):
+    built = []
+    monkeypatch.setattr(torch.nn.Linear, "__init__", lambda *a, **k: built.append(1))
+    problems = _problems(config)
+    assert list(problems) == [path] and "bytes in float32" in problems[path] and not built
+
+
+@pytest.mark.parametrize("extra", [{}, {"abs_pos_emb": "learned", "input_emb_size": 16, "norm_type": "rmsnorm",
+                                       "final_norm_bool": False,
+                                       "classifiers": [{"num_classes": VOCAB, "head_type": "tied"},
+                                                       {"num_classes": 3, "head_type": "linear"},
+                                                       {"num_classes": 4, "ff_mult": 1.5}]}])
+def test_the_size_estimate_counts_exactly_what_the_model_allocates(extra):
+    layers = [ATTN, {"type": "gMLP", "dim_tiny_attn": 8}, {"type": "Parallel"}, FFN,
+              dict(FFN, share_weights_with=3), {"type": "CrossAttention", "dim_context": 12}]
+    model = configaformer.Transformer(tiny(layers, max_seq_len=16, **extra))
+    allocated = model.num_parameters() + sum(b.numel() for b in model.buffers())
+    assert sum(n for _, n in size_parts(model.config)) == allocated
+
+
+@pytest.mark.parametrize("layer, path", [(dict(ATTN, dim_attn=2 ** 34, num_heads=3), "layers[0].num_heads"),
+                                         (dict(ATTN, dim_attn=2 ** 34, num_heads=2 ** 33, num_kv_heads=3),
+                                          "layers[0].num_kv_heads"),
+                                         ({"type": "CrossAttention", "dim_attn": 2 ** 34, "num_heads": 3},
+                                          "layers[0].num_heads")])
+def test_an_indivisible_head_count_lists_divisors_near_it_quickly(layer, path):
+    start = time.perf_counter()
+    problems = _problems(tiny([layer], dim_model=1, vocab_size=2, classifiers=[{"num_classes": 2, "head_type": "linear"}]))
+    assert time.perf_counter() - start < 2.0
+    listed = [int(v) for v in problems[path].rsplit(": ", 1)[1].split(", ")]
+    total = 2 ** 34 if "num_heads" == path.rsplit(".", 1)[1] else 2 ** 33
+    assert len(listed) == 6 and listed == sorted(listed) and all(total % v == 0 for v in listed) and 2 in listed

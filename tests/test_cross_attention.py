@@ -86,3 +86,14 @@ def test_encoder_decoder_compiles_without_graph_breaks():
     with torch.no_grad():
         torch.testing.assert_close(compiled(src, tgt, src_padding_mask=src_mask)[0],
                                    model(src, tgt, src_padding_mask=src_mask)[0])
+
+
+def test_cross_attention_layers_with_different_context_widths_are_a_config_error_naming_both():
+    with pytest.raises(ConfigError) as info:
+        configaformer.Transformer(tiny([dict(CROSS, dim_context=12), {"type": "Nope"}, FFN,
+                                        dict(CROSS, dim_context=12), dict(CROSS, dim_context=8)]))
+    problems = {p.path: p.message for p in info.value.problems}
+    assert set(problems) == {"layers[1].type", "layers[4].dim_context"}
+    assert "layers[0].dim_context is 12" in problems["layers[4].dim_context"]
+    same = configaformer.Transformer(tiny([dict(CROSS, dim_context=12), dict(CROSS, dim_context=12)]))
+    assert same(torch.randint(0, VOCAB, (2, 3)), context=torch.randn(2, 4, 12))[0].shape == (2, 3, VOCAB)

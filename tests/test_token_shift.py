@@ -26,6 +26,20 @@ def test_shift_longer_than_the_sequence_zeroes_the_chunk():
     torch.testing.assert_close(out[..., 2:], x[..., 2:])
 
 
+@pytest.mark.parametrize("shift", [2 ** 70, 5, 2])
+def test_cached_shifts_of_any_length_equal_the_full_shift(shift):
+    """Fed in chunks through a decoding state, the shift equals the whole-sequence shift, and its
+    history never holds more positions than it has seen (2**70 once tried to allocate them)."""
+    x = torch.randn(2, 9, 6)
+    layer = TokenShift([2, 2, 2], [0, shift, 1])
+    state, out, start = {}, [], 0
+    for size in (1, 3, 1, 4):
+        out.append(layer(x[:, start: start + size], state))
+        start += size
+        assert state["shift"].shape[1] <= start
+    torch.testing.assert_close(torch.cat(out, dim=1), layer(x))
+
+
 def test_layer_applies_shift_after_the_pre_norm():
     shift = [{"features": 16, "shift": 0}, {"features": 16, "shift": 1}]
     model = configaformer.Transformer(tiny([dict(ATTN, token_shift_config=shift)]))

@@ -130,13 +130,19 @@ class ForwardContext:
         nothing is masked. `window`: only keys fewer than `window` positions away (sliding-window
         attention). The causal mask is aligned bottom-right: query i sits at position offset + i.
         Padded queries may attend themselves so that no row is empty."""
+        window = self._window(window)
         return self.memo(("mask", causal, window), lambda: self._build_mask(causal, window))
+
+    def _window(self, window: int | None) -> int | None:
+        """None for a window that holds every key (however large: 2**70 is no overflow)."""
+        return None if window is None or window >= self.key_len else window
 
     def fused_mask(self, causal: bool, window: int | None = None) -> tuple[torch.Tensor | None, bool]:
         """(attn_mask, is_causal) for scaled_dot_product_attention: the cheap is_causal flag when
         the only masking needed is causal and queries and keys start together, else the explicit
         mask. (SDPA aligns is_causal top-left, which is wrong once keys are cached; a single new
         query needs no causal mask at all.)"""
+        window = self._window(window)
         if self.padding_mask is None and window is None:
             if self.offset == 0:
                 return None, causal

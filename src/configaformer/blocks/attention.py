@@ -41,6 +41,7 @@ from torch import nn
 
 from ..config import LayerConfig, LayerPlan, ModelConfig
 from ..config.base import StrictModel
+from ..config.layer import indivisible
 from ..context import ForwardContext
 from ..layers.conv import SequenceDepthwiseConv
 from ..positional.alibi import alibi_bias
@@ -125,16 +126,12 @@ class AttentionConfig(LayerConfig):
     def check(self, model: ModelConfig):
         issues = super().check(model)
         if self.dim_attn % self.num_heads:
-            options = [h for h in range(1, self.dim_attn + 1) if self.dim_attn % h == 0][:12]
-            issues.append(("num_heads", f"dim_attn ({self.dim_attn}) is not divisible by num_heads "
-                                        f"({self.num_heads}); valid num_heads: {', '.join(map(str, options))}, ..."))
+            issues.append(indivisible("num_heads", self.num_heads, "dim_attn", self.dim_attn))
         elif self.dim_rope and (self.dim_rope % 2 or self.dim_rope > self.dim_head):
             issues.append(("dim_rope", f"{self.dim_rope} (this layer's or the model-wide dim_rope) must be even "
                                        f"and at most the head size dim_attn/num_heads = {self.dim_head}"))
         if self.num_heads % self.num_kv_heads:
-            options = [g for g in range(1, self.num_heads + 1) if self.num_heads % g == 0]
-            issues.append(("num_kv_heads", f"num_heads ({self.num_heads}) is not divisible by num_kv_heads "
-                                           f"({self.num_kv_heads}); valid: {', '.join(map(str, options))}"))
+            issues.append(indivisible("num_kv_heads", self.num_kv_heads, "num_heads", self.num_heads))
         issues += self.check_rotary(model)
         if model.max_seq_len and self.window_size and self.window_size >= model.max_seq_len:
             issues.append(("window_size", f"{self.window_size} is at least max_seq_len ({model.max_seq_len}), so every "
@@ -378,12 +375,19 @@ class Attention(Block):
     def _explicit(self, q, k, v, bias, ctx: ForwardContext) -> torch.Tensor:
         k, v = self._expand_kv(k), self._expand_kv(v)
         scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, L, M + L), before masking
+        blocked = None
         if bias is not None:
-            scores = scores + bias
+            # A bias may block keys with -inf (split ALiBi's directions, and scores reused from such
+            # a layer): it is a mask, applied after the mix and the cap, so that -inf never meets a
+            # mix weight of 0 (NaN) nor tanh (which would turn it into a finite -softcap).
+            blocked = torch.isneginf(bias)
+            scores = scores + bias.masked_fill(blocked, 0.0)
         if self.talking_heads:
             scores = torch.einsum("bhij,gh->bgij", scores, self.pre_mix)
         if self.softcap is not None:
             scores = self.softcap * torch.tanh(scores / self.softcap)
+        if blocked is not None:
+            scores = scores.masked_fill(blocked, float("-inf"))
         if self.keep_scores:
             ctx.produce("attn_scores", scores)
         mask = self._mask(ctx)

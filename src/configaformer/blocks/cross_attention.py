@@ -18,6 +18,7 @@ from pydantic import Field, NonNegativeFloat, PositiveInt
 from torch import nn
 
 from ..config import LayerConfig, LayerPlan, ModelConfig
+from ..config.layer import indivisible
 from ..context import ForwardContext
 from ..registry import register_block
 from .base import Block
@@ -51,10 +52,9 @@ class CrossAttentionConfig(LayerConfig):
     def check(self, model: ModelConfig):
         issues = super().check(model)
         if self.dim_attn % self.num_heads:
-            issues.append(("num_heads", f"dim_attn ({self.dim_attn}) is not divisible by num_heads ({self.num_heads})"))
+            issues.append(indivisible("num_heads", self.num_heads, "dim_attn", self.dim_attn))
         if self.num_heads % self.num_kv_heads:
-            issues.append(("num_kv_heads", f"num_heads ({self.num_heads}) is not divisible by num_kv_heads "
-                                           f"({self.num_kv_heads})"))
+            issues.append(indivisible("num_kv_heads", self.num_kv_heads, "num_heads", self.num_heads))
         return issues
 
     def summary(self) -> str:

@@ -26,7 +26,7 @@ from pydantic import Field, NonNegativeInt, PositiveFloat
 from torch import nn
 
 from ..config import LayerConfig, LayerPlan, ModelConfig, TokenShiftChunk
-from ..config.layer import check_token_shift
+from ..config.layer import check_token_shift, scaled_width
 from ..context import ForwardContext
 from ..layers.activations import get_activation
 from ..layers.gate import OutputGate
@@ -51,7 +51,7 @@ class FFNConfig(LayerConfig):
         return LayerConfig.resolve(resolved, model)
 
     def dim_hidden(self, model: ModelConfig) -> int:
-        return max(1, round(self.ff_mult * model.dim_model))
+        return scaled_width(self.ff_mult, model.dim_model)
 
     def block_params(self, model: ModelConfig) -> int:
         dim, hidden, bias = model.dim_model, self.dim_hidden(model), int(self.bias_bool)

@@ -44,7 +44,7 @@ from pydantic import NonNegativeInt, PositiveFloat
 from torch import nn
 
 from ..config import LayerConfig, LayerPlan, ModelConfig
-from ..config.layer import norm_params
+from ..config.layer import norm_params, scaled_width
 from ..context import ForwardContext
 from ..layers.norms import make_norm
 from ..registry import register_block
@@ -62,7 +62,7 @@ class GMLPConfig(LayerConfig):
     bias_bool: bool = True
 
     def dim_hidden(self, model: ModelConfig) -> int:
-        return max(1, round(self.ff_mult * model.dim_model))
+        return scaled_width(self.ff_mult, model.dim_model)
 
     def block_params(self, model: ModelConfig) -> int:
         dim, bias, n = model.dim_model, int(self.bias_bool), model.max_seq_len or 0

@@ -5,15 +5,30 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from ..errors import Problem
 
 
-class StrictModel(BaseModel):
-    """Base for every config schema: unknown keys are errors, types are not coerced."""
+FLOAT32 = (1.1754943508222875e-38, 3.4028234663852886e38)  # smallest normal and largest float32
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+class StrictModel(BaseModel):
+    """Base for every config schema: unknown keys are errors, types are not coerced, floats are
+    finite and mean the same in float32 (the model's arithmetic), where a smaller non-zero
+    magnitude is 0 and a larger one infinite. Size ratios (`*_mult` keys) multiply integer sizes
+    exactly instead, and the resolver's size check bounds what they give."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _float32_range(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, float) and value and not FLOAT32[0] <= abs(value) <= FLOAT32[1] \
+                and not (info.field_name or "").endswith("_mult"):
+            raise ValueError(f"{value!r} is {'0' if abs(value) < FLOAT32[0] else 'infinite'} in float32, the "
+                             f"model's arithmetic; a non-zero value lies between {FLOAT32[0]:.3g} and {FLOAT32[1]:.3g}")
+        return value
 
 
 def join_path(prefix: str, loc: tuple | list) -> str:

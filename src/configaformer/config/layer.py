@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import TYPE_CHECKING, ClassVar, Literal, Optional
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
@@ -22,6 +24,32 @@ def norm_params(norm_type: str, dim: int) -> int:
     """Parameters of one norm of width `dim` (for the parameter-count formulas): LayerNorm has a
     weight and a bias per feature, RMSNorm a weight per feature, ScaleNorm one scalar."""
     return {"layernorm": 2 * dim, "rmsnorm": dim, "scalenorm": 1, "none": 0}[norm_type]
+
+
+def scaled_width(mult: float, dim: int) -> int:
+    """A hidden width `round(mult * dim)`, at least 1 (FFN, gMLP and head `ff_mult`). A product past
+    the float range is rounded exactly, so the size check can refuse it instead of overflowing."""
+    product = mult * dim
+    return max(1, round(Fraction(mult) * dim if math.isinf(product) else product))
+
+
+def divisors_near(n: int, target: int, count: int = 6, reach: int = 100_000) -> list[int]:
+    """Up to `count` divisors of `n` nearest to `target`, ascending, for an error message to offer:
+    a bounded search outward from `target`, so a huge `n` costs no more than a small one."""
+    found: list[int] = []
+    for step in range(reach):
+        for h in sorted({target - step, target + step}):
+            if 1 <= h <= n and n % h == 0:
+                found.append(h)
+        if len(found) >= count or (target - step < 1 and target + step > n):
+            break
+    return sorted(found[:count])
+
+
+def indivisible(key: str, value: int, total_name: str, total: int) -> tuple[str, str]:
+    """The issue for `total` (e.g. dim_attn) not divisible by `value` (e.g. num_heads)."""
+    options = ", ".join(map(str, divisors_near(total, value)))
+    return key, f"{total_name} ({total}) is not divisible by {key} ({value}); valid {key} near {value}: {options}"
 
 
 # Checks return (key path relative to the layer, message) pairs; the resolver adds `layers[i]`.

@@ -7,17 +7,32 @@ from typing import Any, Literal, Optional
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 
 from .base import StrictModel
-from .layer import NormType
+from .layer import NormType, norm_params, scaled_width
 
 
 class ClassifierConfig(StrictModel):
     """One output head. A bare integer in `classifiers` means `{"num_classes": n}`."""
 
     num_classes: int  # validated >= 1 by the resolver so the message can say so plainly
-    name: Optional[str] = None  # default: "lm" for the first head whose size is vocab_size, else "head{i}"
+    name: Optional[str] = None  # default: "lm" for the first head whose size is vocab_size, else "head{i}" (never an explicit name)
     head_type: Literal["ffn", "linear", "tied"] = "ffn"
     bias_bool: bool = True
     ff_mult: PositiveFloat = 1.0  # hidden width of the "ffn" head, in units of dim_model
+
+    def dim_hidden(self, model: ModelConfig) -> int:
+        return scaled_width(self.ff_mult, model.dim_model)
+
+    def count_params(self, model: ModelConfig) -> int:
+        """Parameters of the head by formula (a tied head's output weight is the embedding's)."""
+        dim, bias = model.dim_model, int(self.bias_bool)
+        out = bias * self.num_classes
+        if self.head_type == "tied":
+            return out + (dim * model.emb_size if model.emb_size != dim else 0)
+        out += dim * self.num_classes
+        if self.head_type == "linear":
+            return out
+        hidden = self.dim_hidden(model)
+        return out + 2 * norm_params(model.norm_type, dim) + 2 * dim * hidden + bias * (hidden + dim)
 
 
 class ModelConfig(StrictModel):
@@ -32,7 +47,9 @@ class ModelConfig(StrictModel):
     max_seq_len: Optional[PositiveInt] = None
     emb_dropout: NonNegativeFloat = Field(0.0, lt=1.0)
     norm_type: NormType = "layernorm"
-    norm_eps: PositiveFloat = 1e-5
+    # At least 1e-12: a norm's gradient at an all-zero input is about eps**-0.5, and a smaller
+    # epsilon (1e-30) let two such norms overflow float32 (found by the fuzz suite).
+    norm_eps: float = Field(1e-5, ge=1e-12)
     final_norm_bool: bool = True
     rope_base: PositiveFloat = 10000.0
     init_std: PositiveFloat = 0.02

@@ -7,6 +7,7 @@ together in one `ConfigError`.
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -17,7 +18,7 @@ from ..errors import ConfigError, Problem
 from ..fileio import read_mapping
 from ..registry import get_block, list_blocks
 from .base import did_you_mean, problems_from_validation
-from .layer import LayerConfig
+from .layer import LayerConfig, norm_params
 from .model import ClassifierConfig, ModelConfig
 
 ConfigLike = Union[ModelConfig, dict, str, Path]
@@ -85,9 +86,12 @@ def resolve_config(config: ConfigLike) -> ModelConfig:
     # Per-layer checks run on every layer that parsed, so one pass reports everything.
     valid = [(i, layer) for i, layer in enumerate(layers) if layer is not None]
     model = _resolve_defaults(model, [layer for _, layer in valid])
+    too_big = check_size(model, [i for i, _ in valid])
+    if too_big:  # checked first: the per-layer checks need not cope with sizes no machine holds
+        raise ConfigError(problems + too_big)
     for (i, _), layer in zip(valid, model.layers):
         problems += [Problem(f"layers[{i}].{key}", msg) for key, msg in layer.check(model)]
-    problems += _check_model_keys(model)
+    problems += _check_model_keys(model) + _check_context_width(model, [i for i, _ in valid])
     if len(valid) == len(layers):
         shared, found = resolve_sharing(model.layers)
         model = model.model_copy(update={"layers": shared})
@@ -112,6 +116,41 @@ def _validate_layer(raw: Any, path: str) -> tuple[LayerConfig | None, list[Probl
         return schema.model_validate(raw), []
     except ValidationError as err:
         return None, problems_from_validation(err, schema, path)
+
+
+MAX_ELEMENTS = 2 ** 40  # parameters and tables one model may allocate: 4 TiB in float32
+
+
+def size_parts(model: ModelConfig, indices: list[int] | None = None) -> list[tuple[str, int]]:
+    """(key path, elements) of every part a built model allocates, by formula: the parameters
+    (layers that share weights count once) and the rotary tables. `indices`: the positions of
+    `model.layers` in the user's layer list, where some layers failed to parse."""
+    dim, emb = model.dim_model, model.emb_size
+    parts = [("vocab_size", model.vocab_size * emb + (emb * dim if emb != dim else 0))]
+    if model.abs_pos_emb == "learned" and model.max_seq_len:
+        parts.append(("max_seq_len", model.max_seq_len * dim))
+    rope = {layer.rotary_dim() for layer in model.layers} - {0}
+    if rope:  # RotaryTable: inverse frequencies, and cos and sin for the first max_seq_len (or 256) positions
+        length = model.max_seq_len or 256
+        parts.append(("max_seq_len" if model.max_seq_len else "dim_rope", sum(d // 2 + 2 * length * d for d in rope)))
+    indices = range(len(model.layers)) if indices is None else indices
+    parts += [(f"layers[{i}]", layer.count_params(model)) for i, layer in zip(indices, model.layers)
+              if layer.share_weights_with is None]
+    parts.append(("final_norm_bool", norm_params(model.norm_type, dim) if model.final_norm_bool else 0))
+    parts += [(f"classifiers[{i}]", head.count_params(model)) for i, head in enumerate(model.classifiers)]
+    return parts
+
+
+def check_size(model: ModelConfig, indices: list[int] | None = None) -> list[Problem]:
+    """Refuse a model larger than MAX_ELEMENTS before any tensor exists, naming its largest part."""
+    parts = size_parts(model, indices)
+    total = sum(n for _, n in parts)
+    if total <= MAX_ELEMENTS:
+        return []
+    path, largest = max(parts, key=lambda part: part[1])
+    return [Problem(path, f"the model would allocate about {Decimal(total):.2e} parameters and tables "
+                          f"({Decimal(4 * total):.2e} bytes in float32), {Decimal(largest):.2e} of them here; "
+                          f"the limit is {Decimal(MAX_ELEMENTS):.2e} (2^40); use smaller sizes")]
 
 
 def _check_classifiers(model: ModelConfig) -> list[Problem]:
@@ -152,6 +191,17 @@ def _check_model_keys(model: ModelConfig) -> list[Problem]:
         problems.append(Problem("attention_impl", "explicit forms the attention matrix of self-attention layers, "
                                                   "but no layer computes one; leave attention_impl out"))
     return problems
+
+
+def _check_context_width(model: ModelConfig, indices: list[int]) -> list[Problem]:
+    """Every layer that reads the context (`model(ids, context=...)`: one tensor for the whole
+    model) must expect the same width `dim_context`. `indices`: the layers' positions."""
+    readers = [(i, layer.dim_context) for i, layer in zip(indices, model.layers)
+               if get_block(layer.type).block_cls.reads_context]
+    return [Problem(f"layers[{i}].dim_context", f"{width}, but layers[{readers[0][0]}].dim_context is {readers[0][1]}: "
+                                                f"every layer that reads the context reads the one context tensor "
+                                                f"passed to the model, so they take one width")
+            for i, width in readers[1:] if width != readers[0][1]]
 
 
 def resolve_sharing(layers: list[LayerConfig]) -> tuple[list[LayerConfig], list[Problem]]:
@@ -196,6 +246,10 @@ def _resolve_defaults(model: ModelConfig, layers: list[LayerConfig]) -> ModelCon
         name = head.name
         if name is None:
             name = "lm" if head.num_classes == model.vocab_size and "lm" not in taken else f"head{i}"
+            suffix = 0
+            while name in taken:  # an explicit name already holds it
+                suffix += 1
+                name = f"head{i}_{suffix}"
             taken.add(name)
         heads.append(head.model_copy(update={"name": name}))
     model = model.model_copy(update={"input_emb_size": model.emb_size, "classifiers": heads})

@@ -23,7 +23,7 @@ from .norms import make_norm
 class FFNHead(nn.Module):
     def __init__(self, cfg: ClassifierConfig, model: ModelConfig):
         super().__init__()
-        dim, hidden = model.dim_model, max(1, round(cfg.ff_mult * model.dim_model))
+        dim, hidden = model.dim_model, cfg.dim_hidden(model)
         self.norm = make_norm(model.norm_type, dim, model.norm_eps)
         self.up = nn.Linear(dim, hidden, bias=cfg.bias_bool)
         self.down = nn.Linear(hidden, dim, bias=cfg.bias_bool)

@@ -39,14 +39,23 @@ class TokenShift(nn.Module):
         return torch.cat(out, dim=-1)
 
     def _forward_cached(self, x: torch.Tensor, state: dict) -> torch.Tensor:
-        depth, length = max(self.shifts), x.shape[1]
+        """The history holds the last inputs, as many as the largest shift reaches but never more
+        than have been seen: a shift longer than the sequence (even 2**70) costs nothing."""
+        length = x.shape[1]
         history = state.get(self.state_key)
-        if history is None:
-            history = x.new_zeros(x.shape[0], depth, x.shape[2])
-        full = torch.cat([history, x], dim=1)  # (B, depth + L, D)
-        state[self.state_key] = full[:, -depth:]
-        chunks = full.split(self.features, dim=-1)
-        return torch.cat([c[:, depth - s: depth - s + length] for c, s in zip(chunks, self.shifts)], dim=-1)
+        full = x if history is None else torch.cat([history, x], dim=1)  # (B, h + L, D)
+        seen = full.shape[1] - length  # h: earlier positions held
+        keep = min(max(self.shifts), full.shape[1])
+        state[self.state_key] = full[:, full.shape[1] - keep:]
+        out = []
+        for chunk, s in zip(full.split(self.features, dim=-1), self.shifts):
+            start = seen - s  # where this call's first position reads from in `full`
+            if start >= 0:
+                out.append(chunk[:, start: start + length])
+            else:  # reaches before the first position: zeros
+                missing = min(-start, length)
+                out.append(F.pad(chunk[:, : length - missing], (0, 0, missing, 0)))
+        return torch.cat(out, dim=-1)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{f}->{s:+d}" for f, s in zip(self.features, self.shifts))
