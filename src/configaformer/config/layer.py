@@ -188,6 +188,18 @@ class LayerConfig(StrictModel):
         """Parameters of the block's own operation, by formula."""
         raise NotImplementedError(f"{type(self).__name__} does not define block_params")
 
+    def active_block_params(self, model: ModelConfig) -> int:
+        """Parameters of the block that one token's forward pass uses: all of them (`block_params`)
+        unless the block routes tokens to a subset (mixture of experts)."""
+        return self.block_params(model)
+
+    def block_flops(self, model: ModelConfig, seq_len: int) -> int:
+        """Forward FLOPs per token of the block's own operation at context length `seq_len`
+        (a multiply-add is 2 FLOPs; matrix products only, elementwise work ignored). By default
+        every active weight once per token; blocks that mix positions (attention's QK^T and AV,
+        gMLP's spatial product) add those products."""
+        return 2 * self.active_block_params(model)
+
     def rotary_dim(self) -> int:
         """Width of the rotary table this layer reads from the context (0: none)."""
         return 0
