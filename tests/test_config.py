@@ -246,7 +246,7 @@ def test_a_float_key_refuses_inf_and_nan_naming_the_key(config, path, value):
 
 @pytest.mark.parametrize("config, path", [
     (tiny([dict(ATTN, logit_softcap=5e-324)]), "layers[0].logit_softcap"),  # found by the fuzz suite: NaN gradients
-    (tiny([FFN], init_std=1e300), "init_std"),
+    (tiny([FFN], init_std=1e-45), "init_std"),
     (tiny([dict(FFN, residual_scale="layerscale", layerscale_init=1e-45)]), "layers[0].layerscale_init"),
     (tiny([ATTN], rope_base=1e39), "rope_base"),
     (tiny([{"type": "Parallel", "attention": {"num_heads": 4, "logit_softcap": 1e-40}}]), "layers[0].attention.logit_softcap"),
@@ -270,6 +270,21 @@ def test_norm_eps_small_enough_to_overflow_a_zero_inputs_gradient_is_refused():
     model = configaformer.Transformer(dict(FUZZ_ZERO_INPUT, norm_eps=1e-12))
     torch.manual_seed(0)
     model(torch.randint(0, 11, (2, 1)), context=torch.randn(2, 3, 12))[0].square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+FUZZ_LARGE_INIT = json.loads('{"classifiers": [{"num_classes": 1}], "dim_model": 8, "dim_rope": 2, "emb_dropout": 0.9, "init_std": 3.5112288533818132, "layers": [{"add_residual": false, "bias_bool": true, "causal_mask_bool": true, "dim_tiny_attn": 4, "dropout": 0.5, "ff_mult": 3.5, "norm_type": null, "output_gate": {}, "post_norm_bool": false, "pre_norm_bool": false, "residual_scale": "none", "share_weights_with": null, "type": "gMLP"}, {"activation": "silu", "add_residual": true, "bias_bool": false, "dropout": 0.1, "ff_mult": 1.849659927897155, "layer_drop": 0.834329011910672, "layerscale_init": null, "norm_type": null, "num_projections": 0, "output_gate": null, "output_sigmoid_gate_bool": true, "post_norm_bool": false, "pre_norm_bool": false, "residual_scale": "rezero", "share_weights_with": null, "type": "FFN"}, {"activation": "gelu", "add_residual": true, "bias_bool": false, "ff_mult": 1e-06, "inner_token_shift_config": null, "layer_drop": 0.1348689895595636, "layerscale_init": null, "norm_type": "layernorm", "num_gelu": 0, "num_projections": 3, "output_gate": null, "output_sigmoid_gate_bool": true, "post_norm_bool": true, "pre_norm_bool": false, "residual_scale": "rezero", "share_weights_with": null, "token_shift_config": null, "type": "FFN"}, {"add_residual": false, "attn_dropout": 0.30158713992130104, "bias_bool": false, "dim_attn": null, "dim_context": 8, "dropout": 0.4160651409808545, "layerscale_init": null, "norm_type": "rmsnorm", "num_heads": 1, "num_kv_heads": null, "output_gate": {}, "post_norm_bool": true, "pre_norm_bool": true, "qk_norm_bool": false, "type": "CrossAttention"}], "max_seq_len": 16, "vocab_size": 11}')
+
+
+def test_an_init_std_that_overflows_a_norm_free_stack_is_refused():
+    """Found by the fuzz suite: with init_std 3.5 a gMLP without residual and a three-projection
+    FFN grow activations to 4e20, whose square overflows the next layer norm (NaN everywhere).
+    init_std is at most 1, and at 1 the same stack trains with finite gradients."""
+    assert list(_problems(FUZZ_LARGE_INIT)) == ["init_std"]
+    model = configaformer.Transformer(dict(FUZZ_LARGE_INIT, init_std=1.0)).train()
+    torch.manual_seed(0)
+    ids = torch.randint(0, 11, (2, 8))
+    sum(o.square().mean() for o in model(ids, context=torch.randn(2, 3, 8))).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 

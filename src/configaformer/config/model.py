@@ -52,7 +52,9 @@ class ModelConfig(StrictModel):
     norm_eps: float = Field(1e-5, ge=1e-12)
     final_norm_bool: bool = True
     rope_base: PositiveFloat = 10000.0
-    init_std: PositiveFloat = 0.02
+    # At most 1: each linear layer multiplies an activation's scale by about init_std * sqrt(width),
+    # and init_std 3.5 overflowed float32 within four layers of a norm-free stack (fuzz suite).
+    init_std: PositiveFloat = Field(0.02, le=1.0)
     init_scale_residual_bool: bool = True
     attention_impl: Literal["auto", "explicit"] = "auto"
     abs_pos_emb: Literal["none", "learned", "sinusoidal"] = "none"  # learned needs max_seq_len
