@@ -98,8 +98,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(stdlib_data, tmp_path
     original = Trainer.losses
 
     def poisoned(self, model, ex):
-        total, heads = original(self, model, ex)
-        return (total * float("nan"), heads) if self.step == 5 else (total, heads)
+        total, heads, reports = original(self, model, ex)
+        return (total * float("nan"), heads, reports) if self.step == 5 else (total, heads, reports)
 
     monkeypatch.setattr(Trainer, "losses", poisoned)
     config = run_config(stdlib_data, tmp_path / "r")

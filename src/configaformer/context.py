@@ -14,12 +14,16 @@ positions, a layer recomputed by activation checkpointing after later layers ran
 
 The model calls `enter_layer(i)` before layer i, which also drops the tensors whose last reader
 has run. `Wiring` holds who reads what, per position, from the builder's plans.
+
+Auxiliary losses and statistics (docs/blocks.md, "Auxiliary losses"): a block reports them with
+`ctx.report(name, value, weight)`; they are collected only when the caller asked for them
+(`model(..., aux=True)`, which returns them beside the outputs), keyed `layers[i].name`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 
@@ -46,6 +50,18 @@ class Wiring:
         return cls(tuple(dict(plan.sources) for plan in plans), last, released)
 
 
+class AuxReport(NamedTuple):
+    """One auxiliary value a layer reported in a forward (`ForwardContext.report`)."""
+
+    value: torch.Tensor  # a 0-dim tensor (a loss or a statistic), or a vector statistic (per-expert load)
+    weight: float = 0.0  # > 0: a loss the trainer adds as weight * value; 0: a statistic, detached
+
+
+def aux_loss(reports: Mapping[str, AuxReport]) -> torch.Tensor | float:
+    """The weighted sum of the auxiliary losses among `reports` (0.0 when there are none)."""
+    return sum((r.weight * r.value for r in reports.values() if r.weight), 0.0)
+
+
 @dataclass
 class ForwardContext:
     seq_len: int
@@ -61,6 +77,7 @@ class ForwardContext:
     layer_index: int = 0  # position of the layer running now (set by the model; keys decoding state)
     wiring: Wiring = field(default_factory=Wiring)
     state: dict[StateKey, torch.Tensor] = field(default_factory=dict)  # use produce / consume
+    reports: dict[str, AuxReport] | None = None  # use report; None: the caller asked for none
     _memo: dict[Any, Any] = field(default_factory=dict)
 
     def decode_state(self) -> dict | None:
@@ -80,6 +97,19 @@ class ForwardContext:
         if key in self.wiring.last_reader:
             self.state[key] = tensor
 
+    @property
+    def reporting(self) -> bool:
+        """Whether the caller collects auxiliary reports (a block may skip computing them if not)."""
+        return self.reports is not None
+
+    def report(self, name: str, value: torch.Tensor, weight: float = 0.0) -> None:
+        """Hand an auxiliary loss (weight > 0: the trainer adds weight * value to the loss) or a
+        statistic (weight 0: stored detached) of the layer running now to the caller, as
+        `layers[i].name`; a no-op when the caller collects none."""
+        if self.reports is not None:
+            self.reports[f"layers[{self.layer_index}].{name}"] = AuxReport(value if weight else value.detach(),
+                                                                          float(weight))
+
     def consume(self, name: str) -> torch.Tensor | None:
         """The `name` tensor of the layer this position reads it from; None if there is none."""
         source = self._sources().get(name)
@@ -98,8 +128,10 @@ class ForwardContext:
         """A copy for running the layer at position `index` on its own, as activation checkpointing
         recomputes it in backward after later layers ran: it reads only `inputs` (what
         `layer_inputs()` gave at that position), and what it produces stays in the copy's `state`
-        (`produced()`). Its own memo: masks it builds are not shared."""
-        return replace(self, layer_index=index, state=dict(inputs), _memo=dict(self._memo))
+        (`produced()`), what it reports in the copy's own `reports`. Its own memo: masks it builds
+        are not shared."""
+        reports = None if self.reports is None else {}
+        return replace(self, layer_index=index, state=dict(inputs), reports=reports, _memo=dict(self._memo))
 
     def produced(self) -> dict[StateKey, torch.Tensor]:
         """The cross-layer tensors the layer at this position produced."""

@@ -21,7 +21,7 @@ from . import blocks  # noqa: F401  (registers the built-in blocks)
 from .blocks.base import Layer
 from .config import ModelConfig, plan_wiring, resolve_config
 from .config.resolve import ConfigLike
-from .context import ForwardContext, Wiring
+from .context import AuxReport, ForwardContext, Wiring
 from .generation import DecodeCache, generate
 from .layers.abs_position import make_abs_positions
 from .layers.heads import make_head
@@ -105,7 +105,7 @@ class Transformer(nn.Module):
     def forward(self, token_ids: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
                 context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
                 cache: DecodeCache | None = None, targets: torch.Tensor | Mapping[int, torch.Tensor] | None = None,
-                loss_stats: bool = False) -> tuple[torch.Tensor, ...]:
+                loss_stats: bool = False, aux: bool = False):
         """token_ids (B, L) int; padding_mask (B, L) bool, True for real tokens (optional).
 
         context (B, S, dim_context) and context_mask (B, S): the sequence CrossAttention layers
@@ -121,14 +121,22 @@ class Transformer(nn.Module):
         cross-entropy, or with loss_stats=True (no gradient) a float64 (3,) tensor of summed nats,
         count of targets and argmax hits, what an evaluation adds up.
         The heads' `out` parameters are read here, outside `out`'s own forward: an engine that
-        gathers parameters per module (ZeRO-3) registers them with this module (loss_parameters)."""
-        x = self.forward_features(token_ids, padding_mask, context=context, context_mask=context_mask, cache=cache)
+        gathers parameters per module (ZeRO-3) registers them with this module (loss_parameters).
+
+        aux=True: returns (that tuple, reports), the auxiliary losses and statistics the layers
+        reported, {"layers[i].name": AuxReport(value, weight)} (docs/blocks.md, "Auxiliary
+        losses"); `context.aux_loss(reports)` is their weighted sum, which the trainer adds."""
+        reports: dict[str, AuxReport] | None = {} if aux else None
+        x = self.forward_features(token_ids, padding_mask, context=context, context_mask=context_mask, cache=cache,
+                                  reports=reports)
         if targets is None:
-            return tuple(head(x) for head in self.heads)
-        per_head = targets.items() if isinstance(targets, Mapping) else [(0, targets)]
-        loss = linear_cross_entropy_stats if loss_stats else linear_cross_entropy
-        return tuple(loss(self.heads[i].features(x).flatten(0, 1), self.heads[i].out.weight, self.heads[i].out.bias,
-                          t.reshape(-1)) for i, t in per_head)
+            out = tuple(head(x) for head in self.heads)
+        else:
+            per_head = targets.items() if isinstance(targets, Mapping) else [(0, targets)]
+            loss = linear_cross_entropy_stats if loss_stats else linear_cross_entropy
+            out = tuple(loss(self.heads[i].features(x).flatten(0, 1), self.heads[i].out.weight,
+                             self.heads[i].out.bias, t.reshape(-1)) for i, t in per_head)
+        return (out, reports) if aux else out
 
     def loss_parameters(self) -> list[nn.Parameter]:
         """The parameters `forward(..., targets=)` reads directly: each head's `out` weight and bias."""
@@ -136,9 +144,11 @@ class Transformer(nn.Module):
 
     def forward_features(self, token_ids: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
                          context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
-                         cache: DecodeCache | None = None, check_inputs: bool = True) -> torch.Tensor:
+                         cache: DecodeCache | None = None, check_inputs: bool = True,
+                         reports: dict[str, AuxReport] | None = None) -> torch.Tensor:
         """The final hidden states (B, L, dim_model), after the final norm. check_inputs=False
-        skips the input checks, for callers whose ids are known good (generate's own samples)."""
+        skips the input checks, for callers whose ids are known good (generate's own samples).
+        reports: a dict that receives the layers' auxiliary reports (see `forward`'s aux)."""
         if check_inputs:
             token_ids = self._check_input(token_ids, padding_mask, cache)
         x = self.embedding(token_ids)  # (B, L, input_emb_size)
@@ -146,7 +156,7 @@ class Transformer(nn.Module):
             x = self.emb_proj(x)  # (B, L, dim_model)
         length = token_ids.shape[1]
         ctx = self.make_context(length, x.dtype, padding_mask, cache=cache)
-        ctx.context, ctx.context_mask = context, context_mask
+        ctx.context, ctx.context_mask, ctx.reports = context, context_mask, reports
         if self.abs_pos is not None:  # the context's positions: real tokens only, after any cached ones
             positions = ctx.positions
             if positions is None:
@@ -229,6 +239,23 @@ class Transformer(nn.Module):
                 honoured = " or ".join(sorted(self.padding_sides)) or "neither side"
                 raise ValueError(f"padding_mask pads on the {side} (or between real tokens), but {', '.join(types)} "
                                  f"layers give the same outputs only with padding on the {honoured}")
+
+    def after_step(self, reports: Mapping[str, torch.Tensor]) -> None:
+        """Run each block's `after_step` (updates outside autograd, e.g. MoE's bias balancing) once
+        per optimizer step. `reports`: {"layers[i].name": value} summed over the step's forwards;
+        a module used at several positions (share_weights_with) gets its positions' sums added."""
+        per_block: dict[int, tuple[nn.Module, dict[str, torch.Tensor]]] = {}
+        for index, layer in enumerate(self.layers):
+            prefix = f"layers[{index}]."
+            block, own = per_block.setdefault(id(layer.block), (layer.block, {}))
+            for key, value in reports.items():
+                if key.startswith(prefix):
+                    name = key[len(prefix):]
+                    own[name] = own[name] + value if name in own else value
+        with torch.no_grad():
+            for block, own in per_block.values():
+                if own:
+                    block.after_step(own)
 
     # ---- sizes ---------------------------------------------------------------------------------
     def num_parameters(self, embedding: bool = True) -> int:

@@ -55,6 +55,11 @@ class Block(nn.Module):
     def forward(self, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def after_step(self, reports: dict[str, torch.Tensor]) -> None:
+        """Called by the trainer after each optimizer step (`Transformer.after_step`), without
+        gradients, with this block's reports (`ctx.report`) summed over the step's forwards: for
+        state updated outside autograd (MoE's bias balancing). Nothing by default."""
+
     def residual_projections(self) -> list[nn.Linear]:
         """The linear layers that write to the residual stream (the model scales their init with
         depth): `out_proj` where the block has one. Composite blocks list their parts'."""

@@ -16,7 +16,7 @@ shards the checkpointed layers, as torchtitan orders it) and before `torch.compi
 
 Cross-layer tensors (an attention map or scores read by a later layer): a checkpointed layer runs
 on its own copy of the context (`ForwardContext.isolated`) that holds only the tensors it reads,
-handed to it as inputs, and returns what it produces; so its recomputation in backward, after
+handed to it as inputs, and returns what it produces (and the auxiliary losses it reports); so its recomputation in backward, after
 later layers ran, reads what its forward read, and gradients equal those without checkpointing.
 """
 
@@ -43,12 +43,14 @@ class CheckpointedLayer(Layer):
             return super().forward(x, ctx)
         forward = super().forward
 
-        def run(x: torch.Tensor, inputs: dict) -> tuple[torch.Tensor, dict]:  # the same at each recomputation
+        def run(x: torch.Tensor, inputs: dict) -> tuple[torch.Tensor, dict, dict | None]:  # the same each time
             own = ctx.isolated(index, inputs)
-            return forward(x, own), own.produced()
+            return forward(x, own), own.produced(), own.reports
 
-        y, produced = checkpoint(run, x, ctx.layer_inputs(), use_reentrant=False)
+        y, produced, reports = checkpoint(run, x, ctx.layer_inputs(), use_reentrant=False)
         ctx.state.update(produced)  # for the later layers that read them
+        if reports:  # auxiliary losses: returned like the output, so their gradients reach the layer
+            ctx.reports.update(reports)
         return y
 
 

@@ -21,11 +21,13 @@ from typing import Any
 import torch
 
 from ..config import resolve_config
+from ..context import AuxReport, aux_loss
 from ..data import BatchLoader, DataError, TokenDataset
 from ..errors import ConfigError, Problem
 from ..model import Transformer
 from ..parallel import CheckpointRequest, make_engine
 from ..parallel.checkpointing import apply_activation_checkpointing, checkpoint_positions
+from .auxiliary import add_reports, reduce_reports, scalar_means
 from .baselines import compressor_bits_per_byte, eval_text_bytes
 from .checkpoint import (CheckpointError, check_engine_state_trusted, latest_checkpoint, load_checkpoint_state,
                          save_checkpoint, staging_dir)
@@ -128,6 +130,7 @@ class Trainer:
         self.eval_loader = self._loader(run.data.eval_split, "sequential")
         self.byte_lengths = torch.from_numpy(self.dataset.tokenizer().token_byte_lengths()).float()
         self.step = self.tokens = 0
+        self.aux_metrics: dict[str, float] = {}  # the last step's auxiliary reports, per layer (metrics)
         self.best_val = math.inf
         self._mark_boundary()
         self.tokens_per_step = run.train.batch_size * run.train.seq_len * run.train.grad_accum * self.world_size
@@ -240,20 +243,23 @@ class Trainer:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def losses(self, model, ex: Example) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(weighted total loss, per-head mean losses) for one example batch, each head's from
-        the chunked cross-entropy (`model(..., targets=)`): no (B, L, classes) logits."""
-        per_head = self._head_losses(model, ex)
-        total = sum(w * loss for (_, _, w), loss in zip(self.head_plan, per_head))
-        return total, list(per_head)
+    def losses(self, model, ex: Example) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, AuxReport]]:
+        """(weighted total loss, per-head mean losses, the layers' auxiliary reports) for one
+        example batch, each head's loss from the chunked cross-entropy (`model(..., targets=)`):
+        no (B, L, classes) logits. The total includes the weighted auxiliary losses (MoE's
+        load-balancing and z-losses; docs/blocks.md, "Auxiliary losses")."""
+        per_head, reports = self._head_losses(model, ex, aux=True)
+        total = sum(w * loss for (_, _, w), loss in zip(self.head_plan, per_head)) + aux_loss(reports)
+        return total, list(per_head), reports
 
-    def _head_losses(self, model, ex: Example, stats: bool = False) -> tuple[torch.Tensor, ...]:
-        """One entry per trained head: its mean loss, or with stats its (nats, count, hits)."""
+    def _head_losses(self, model, ex: Example, stats: bool = False, aux: bool = False):
+        """One entry per trained head: its mean loss, or with stats its (nats, count, hits); with
+        aux, (those, the auxiliary reports)."""
         inputs = ex.inputs.to(self.device, non_blocking=True)
         mask = None if ex.padding_mask is None else ex.padding_mask.to(self.device)
         targets = {i: ex.head_targets(self.head_kinds[i]).to(self.device) for i, _, _ in self.head_plan}
         with self.autocast():
-            return model(inputs, padding_mask=mask, targets=targets, loss_stats=stats)
+            return model(inputs, padding_mask=mask, targets=targets, loss_stats=stats, aux=aux)
 
     def _mark_boundary(self) -> None:
         """Remember the loader position and RNG state between steps: a checkpoint written after
@@ -266,20 +272,26 @@ class Trainer:
         lr = lr_at(self.step, cfg, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        total = 0.0
+        total, objective, sums = 0.0, 0.0, {}
         for micro in range(cfg.grad_accum):
             ex = self.example(next(self.loader), self.step * cfg.grad_accum + micro)
             with self.engine.accumulating(skip_sync=micro < cfg.grad_accum - 1):
-                loss, _ = self.losses(model, ex)
+                loss, per_head, reports = self.losses(model, ex)
                 self.backward(loss / cfg.grad_accum)
-            total += float(loss.detach()) / cfg.grad_accum
-        total = self.engine.mean(total)  # over ranks: every rank logs, and stops on a NaN, alike
-        if not math.isfinite(total):
-            raise TrainingError(f"the loss became {total} at step {self.step + 1}; stopping. The last good checkpoint "
+            objective += float(loss.detach()) / cfg.grad_accum
+            total += float(sum(w * h.detach() for (_, _, w), h in zip(self.head_plan, per_head))) / cfg.grad_accum
+            add_reports(sums, reports)
+        # over ranks: every rank logs, and stops on a NaN (in the heads' or the auxiliary losses), alike
+        total, objective = self.engine.mean(total), self.engine.mean(objective)
+        if not (math.isfinite(total) and math.isfinite(objective)):
+            raise TrainingError(f"the loss became {total if not math.isfinite(total) else objective} at step {self.step + 1}; stopping. The last good checkpoint "
                                 f"is {latest_checkpoint(self.run_dir) or 'none (no checkpoint was written yet)'}. "
                                 f"Try a lower train.lr or train.grad_clip")
         self._updating = True  # parameters change from here until the step is counted
         norm = self.engine.update(self.model, self.optimizer, cfg.grad_clip)  # clip, step, zero the gradients
+        sums = reduce_reports(sums, self.engine.reduce_sum)
+        self.model.after_step(sums)  # e.g. MoE's bias balancing, from the step's loads on all ranks
+        self.aux_metrics = scalar_means(sums, cfg.grad_accum * self.world_size)
         self.step += 1
         self.tokens += self.tokens_per_step
         self._updating = False
@@ -407,7 +419,8 @@ class Trainer:
                     speed = (self.tokens - last_log_tokens) / max(now - last_log, 1e-9)
                     self.metrics.log({"kind": "train", "step": self.step, "tokens": self.tokens, "loss": loss,
                                       "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
-                                      "tokens_per_s": speed, "memory_mib": memory_mib(self.device)})
+                                      "tokens_per_s": speed, "memory_mib": memory_mib(self.device),
+                                      **self.aux_metrics})
                     last_log, last_log_tokens = now, self.tokens
                     if bar is not None:
                         bar.update(loss, speed, self.step)

@@ -69,7 +69,8 @@ class MetricsWriter:
         if self._tb is not None:
             step = record["step"]
             if record["kind"] == "train":
-                for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                aux = [key for key in record if key.startswith("layers[")]  # layers' auxiliary reports
+                for key in ("loss", "lr", "grad_norm", "tokens_per_s", *aux):
                     if isinstance(record.get(key), (int, float)):
                         self._tb.add_scalar(f"train/{key}", record[key], step)
             else:
