@@ -55,7 +55,7 @@ def full_logit_trainer_class():
             per_head = [F.cross_entropy(outputs[i].float().flatten(0, 1),
                                         ex.head_targets(self.head_kinds[i]).to(self.device).flatten(),
                                         ignore_index=IGNORE_INDEX) for i, _, _ in self.head_plan]
-            return sum(w * loss for (_, _, w), loss in zip(self.head_plan, per_head)), per_head
+            return sum(w * loss for (_, _, w), loss in zip(self.head_plan, per_head)), per_head, {}
 
     return FullLogitTrainer
 

@@ -112,3 +112,19 @@ def test_train_loss_bench_times_the_trainers_step_both_ways(stdlib_data, tmp_pat
         assert side["peak_increase_mib"] >= 0
     assert row["chunked"]["first_step_loss"] == pytest.approx(row["full logits"]["first_step_loss"], rel=1e-5)
     assert json.loads(out.read_text())["vocabs"]["512"]["chunked"]["first_step_loss"] > 0
+
+
+def test_moe_bench_times_both_layers_with_equal_active_expert_weights(tmp_path, one_thread):
+    """benchmarks/bench_moe.py runs tiny; the dense FFN has the MoE's active parameters less its router."""
+    from benchmarks.bench_moe import main as moe_main
+
+    out = tmp_path / "moe.json"
+    results = moe_main(["--batch", "1", "--seq-len", "8", "--repeats", "2", "--warmup", "1", "--json", str(out),
+                        *one_thread])
+    rows = results["sides"]
+    assert rows["MoE"]["active_params"] - rows["dense FFN"]["active_params"] == 256 * 16  # the router
+    assert rows["MoE"]["params"] > rows["MoE"]["active_params"]
+    for row in rows.values():
+        assert len(row["train_tokens_per_s"]["samples"]) == 2 and row["train_peak_increase_mib"] >= 0
+    assert rows["dense FFN"]["train_ratio_to_dense"]["median"] == 1.0
+    assert json.loads(out.read_text())["sides"].keys() == rows.keys()
