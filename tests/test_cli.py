@@ -4,7 +4,7 @@ import json
 
 from configaformer.cli import main
 from configaformer.info import summarize
-from configaformer.presets import preset_path
+from configaformer.presets import list_presets, preset_path
 
 from .conftest import ATTN, FFN, tiny
 
@@ -40,7 +40,8 @@ def test_an_unknown_name_is_one_line_naming_the_argument_and_listing_the_names(t
     assert main(["info", "no-such-thing"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("configaformer: config: 'no-such-thing' is neither a file nor "
-                                                   "a preset name (presets: alibi, gmlp, gpt2, llama, primer, seed")
+                                                   f"a preset name (presets: {', '.join(list_presets())})")
+    assert {"gpt2", "llama", "moe"} <= set(list_presets())
     assert main(["train", "no-such-run"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("configaformer: run: 'no-such-run' is neither a file nor a "
@@ -50,7 +51,7 @@ def test_an_unknown_name_is_one_line_naming_the_argument_and_listing_the_names(t
     assert main(["train", str(run)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("configaformer: model: 'lama' is neither a file nor a preset "
-                                                   "name (presets: alibi, gmlp, gpt2, llama, primer, seed)")
+                                                   f"name (presets: {', '.join(list_presets())})")
 
 
 def test_demo_runs_the_seed_example(capsys):
