@@ -358,3 +358,15 @@ def test_gelu_form_keys_have_the_ffn_meaning():
     x = torch.randn(3, 32)
     moe.load_state_dict({k: v for k, v in ffn.state_dict().items()})
     torch.testing.assert_close(moe(x), ffn.out_proj(ffn.glu_hidden(x)), rtol=0, atol=0)
+
+
+def test_mixed_precision_keeps_the_router_in_float32_and_matches_float32():
+    model = perturb(Transformer(tiny([ATTN, dict(MOE, num_shared_experts=1, capacity_factor=2.0)]))).train()
+    ids = torch.randint(0, VOCAB, (2, 9))
+    (want,), _ = model(ids, targets=ids, aux=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the experts run in bf16, the router in float32
+        (got,), reports = model(ids, targets=ids, aux=True)
+    assert all(r.value.dtype == torch.float32 for r in reports.values())
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+    (got + aux_loss(reports)).backward()
+    assert torch.isfinite(model.layers[1].block.router.weight.grad).all()

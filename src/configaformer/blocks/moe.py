@@ -144,8 +144,9 @@ class MoE(Block):
         plan = dispatch(routing.experts, self.priority(ctx, batch, length, x.device), valid, cfg.num_experts, capacity)
         groups = plan.kept_groups()  # per expert: its assignments, slot * N + token
         outputs = [expert(x.index_select(0, group % n)) for expert, group in zip(self.experts, groups)]
-        per_assignment = x.new_zeros(cfg.top_k * n, dim).index_copy(0, torch.cat(groups), torch.cat(outputs))
-        gates = routing.gates.t().reshape(-1, 1).to(x.dtype)  # (k * N, 1), slot-major like the assignments
+        computed = torch.cat(outputs)  # (assignments kept, D), in the experts' dtype (bf16 under autocast)
+        per_assignment = computed.new_zeros(cfg.top_k * n, dim).index_copy(0, torch.cat(groups), computed)
+        gates = routing.gates.t().reshape(-1, 1).to(computed.dtype)  # (k * N, 1), slot-major like the assignments
         y = (per_assignment * gates).view(cfg.top_k, n, dim).sum(0)  # dropped and padded rows are zero
         if self.shared is not None:
             y = y + self.shared(x)
