@@ -370,3 +370,20 @@ def test_mixed_precision_keeps_the_router_in_float32_and_matches_float32():
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
     (got + aux_loss(reports)).backward()
     assert torch.isfinite(model.layers[1].block.router.weight.grad).all()
+
+
+def test_a_resumed_run_continues_with_the_saved_bias_exactly(stdlib_data, tmp_path):
+    from configaformer.train import train
+
+    def run(out, steps, resume=False):
+        config = trainer_run(stdlib_data, out, max_steps=steps, schedule="constant", warmup_steps=0, eval_interval=2)
+        summary = train(config, resume=resume)
+        return Transformer.from_pretrained(summary.checkpoint).layers[1].block.expert_bias
+
+    straight = run(tmp_path / "a", 4)
+    run(tmp_path / "b", 2)
+    resumed = run(tmp_path / "b", 4, resume=True)
+    assert straight.abs().max() > 0 and torch.equal(resumed, straight)
+    losses = [{r["step"]: r["loss"] for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())
+               if r["kind"] == "train"} for d in ("a", "b")]
+    assert losses[0] == losses[1]
