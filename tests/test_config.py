@@ -55,7 +55,7 @@ def test_resolved_config_has_every_default_and_is_a_fixed_point():
     assert attn["pre_norm_bool"] is True and attn["post_norm_bool"] is False and attn["norm_type"] == "layernorm"
     assert data["layers"][1]["num_gelu"] == 1
     assert data["classifiers"][1] == {"num_classes": 6, "name": "head1", "head_type": "ffn",
-                                      "bias_bool": True, "ff_mult": 1.0}
+                                      "bias_bool": True, "ff_mult": 1.0, "logit_softcap": None}
     assert resolve_config(json.loads(json.dumps(data))).to_dict() == data
     assert len(data["layers"]) == 4
 
