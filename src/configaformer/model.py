@@ -245,6 +245,14 @@ class Transformer(nn.Module):
         return write_pretrained(directory, self.config, self.state_dict(), alias_groups(self))
 
     @classmethod
+    def from_hf(cls, directory: str | os.PathLike) -> Transformer:
+        """Import a local Hugging Face model directory (GPT-2, Llama, Mistral, Qwen2, Gemma 2:
+        config.json + safetensors); see configaformer.interop and docs/interop.md."""
+        from .interop import load_hf
+
+        return load_hf(directory)
+
+    @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> Transformer:
         """Rebuild the model saved by `save_pretrained` (no pickle: JSON + safetensors)."""
         directory = Path(directory)
