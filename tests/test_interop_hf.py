@@ -45,7 +45,7 @@ def hf_model(name: str, directory, **save):
                                                           attn_implementation="eager")
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
+            p.add_(torch.randn_like(p) * 0.2)
     model.save_pretrained(directory, safe_serialization=True, **save)
     return model.eval()
 
