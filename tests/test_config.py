@@ -335,3 +335,10 @@ def test_an_indivisible_head_count_lists_divisors_near_it_quickly(layer, path):
     listed = [int(v) for v in problems[path].rsplit(": ", 1)[1].split(", ")]
     total = 2 ** 34 if "num_heads" == path.rsplit(".", 1)[1] else 2 ** 33
     assert len(listed) == 6 and listed == sorted(listed) and all(total % v == 0 for v in listed) and 2 in listed
+
+
+def test_a_saved_config_json_loads_with_its_exponent_floats(tmp_path):
+    """json.dumps writes 1e-05, which YAML 1.1 reads as a string: a .json file is read as JSON."""
+    config = tiny([ATTN], norm_eps=1e-6)
+    (tmp_path / "config.json").write_text(json.dumps(resolve_config(config).to_dict()))
+    assert resolve_config(tmp_path / "config.json").norm_eps == 1e-6

@@ -172,6 +172,18 @@ def test_our_presets_export_to_the_same_logits_in_transformers(preset, family, t
     assert_same_real_logits(hf_logits(back, ids, mask), our_logits(model, ids, mask), mask)
 
 
+def test_importing_needs_no_transformers(tmp_path):
+    """The import reads JSON and safetensors: run in a fresh process, it never loads transformers."""
+    import subprocess
+    import sys
+
+    hf_model("mistral", tmp_path)
+    code = ("import sys; from configaformer import Transformer; Transformer.from_hf(sys.argv[1]); "
+            "print('transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 # ---- bad input -----------------------------------------------------------------------------------
 def test_a_directory_without_config_json_names_it(tmp_path):
     with pytest.raises(InteropError, match=r"has no config\.json"):
@@ -217,6 +229,14 @@ def test_a_missing_tensor_is_named_with_the_file(tmp_path):
     hf_model("gpt2", tmp_path)
     rewrite_weights(tmp_path, lambda t: t.pop("transformer.h.1.mlp.c_fc.bias"))
     with pytest.raises(InteropError, match=r"model\.safetensors: tensor transformer\.h\.1\.mlp\.c_fc\.bias is missing"):
+        Transformer.from_hf(tmp_path)
+
+
+def test_a_shard_the_index_names_but_the_directory_lacks_is_named(tmp_path):
+    hf_model("llama", tmp_path, max_shard_size="20KB")
+    shard = sorted(tmp_path.glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    with pytest.raises(InteropError, match=rf"index\.json names the shard '{shard.name}', which is not a file"):
         Transformer.from_hf(tmp_path)
 
 
