@@ -1,5 +1,7 @@
 """Attention: causality, padding, rotary, lazy and residual attention, fused == explicit."""
 
+import math
+
 import pytest
 import torch
 
@@ -162,3 +164,19 @@ def test_attention_dropout_only_in_training():
     assert not torch.allclose(model(ids)[0], model(ids)[0])
     model.eval()
     torch.testing.assert_close(model(ids)[0], model(ids)[0])
+
+
+def test_llama3_rope_scaling_keeps_short_wavelengths_slows_long_ones_and_blends_between():
+    from configaformer.config.model import RopeScalingConfig
+
+    scaling = RopeScalingConfig(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=64)
+    plain, scaled = RotaryTable(8).inv_freq, RotaryTable(8, scaling=scaling).inv_freq  # 1, 0.1, 0.01, 0.001
+    wavelen = 2 * math.pi / plain  # 6.3, 63, 628, 6283; 64 / 4 = 16 and 64 / 1 = 64 are the edges
+    assert scaled[0] == plain[0]  # shorter than 16: kept
+    torch.testing.assert_close(scaled[2:], plain[2:] / 8)  # longer than 64: divided by factor
+    s = 64 / wavelen[1] - 1.0  # between: (1 - s) f / factor + s f, with s = (64 / w - 1) / (4 - 1)
+    torch.testing.assert_close(scaled[1], ((1 - s / 3) * plain[1] / 8 + s / 3 * plain[1]))
+    with pytest.raises(configaformer.ConfigError, match=r"rope_scaling\.high_freq_factor: 1 must exceed"):
+        configaformer.resolve_config(tiny([ATTN], rope_scaling={"low_freq_factor": 1.0, "high_freq_factor": 1.0}))
+    with pytest.raises(configaformer.ConfigError, match=r"rope_scaling: no layer rotates"):
+        configaformer.resolve_config(tiny([ATTN], dim_rope=0, rope_scaling={}))

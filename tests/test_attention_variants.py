@@ -306,3 +306,23 @@ def test_a_window_holding_every_key_is_plain_attention_however_large(window):
     for inputs in ({}, {"padding_mask": mask}):
         torch.testing.assert_close(windowed(ids, **inputs)[0], plain(ids, **inputs)[0])
     torch.testing.assert_close(cached_logits(windowed, ids, [3, 1, 3]), plain(ids)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_attn_scale_replaces_one_over_sqrt_head_size():
+    """scores = q.k * attn_scale: with attn_scale s, the layer equals the default layer whose
+    query weights are scaled by s * sqrt(head size)."""
+    default, scaled = build([ATTN]), build([dict(ATTN, attn_scale=0.7)])
+    scaled.load_state_dict(default.state_dict())
+    with torch.no_grad():
+        default.layers[0].block.qkv.weight[:32].mul_(0.7 * 8 ** 0.5)  # dim 32, 4 heads: head size 8
+        default.layers[0].block.qkv.bias[:32].mul_(0.7 * 8 ** 0.5)
+    ids = torch.randint(0, VOCAB, (2, 7))
+    torch.testing.assert_close(scaled(ids)[0], default(ids)[0])
+
+
+def test_out_bias_bool_switches_the_output_bias_alone():
+    model = build([dict(ATTN, out_bias_bool=False)])
+    block = model.layers[0].block
+    assert block.out_proj.bias is None and block.qkv.bias is not None
+    assert model.config.layers[0].count_params(model.config) == sum(p.numel() for p in model.layers[0].parameters())
+    assert configaformer.resolve_config(tiny([dict(ATTN, bias_bool=False)])).layers[0].out_bias_bool is False

@@ -55,7 +55,7 @@ def test_resolved_config_has_every_default_and_is_a_fixed_point():
     assert attn["pre_norm_bool"] is True and attn["post_norm_bool"] is False and attn["norm_type"] == "layernorm"
     assert data["layers"][1]["num_gelu"] == 1
     assert data["classifiers"][1] == {"num_classes": 6, "name": "head1", "head_type": "ffn",
-                                      "bias_bool": True, "ff_mult": 1.0}
+                                      "bias_bool": True, "ff_mult": 1.0, "logit_softcap": None}
     assert resolve_config(json.loads(json.dumps(data))).to_dict() == data
     assert len(data["layers"]) == 4
 
@@ -335,3 +335,10 @@ def test_an_indivisible_head_count_lists_divisors_near_it_quickly(layer, path):
     listed = [int(v) for v in problems[path].rsplit(": ", 1)[1].split(", ")]
     total = 2 ** 34 if "num_heads" == path.rsplit(".", 1)[1] else 2 ** 33
     assert len(listed) == 6 and listed == sorted(listed) and all(total % v == 0 for v in listed) and 2 in listed
+
+
+def test_a_saved_config_json_loads_with_its_exponent_floats(tmp_path):
+    """json.dumps writes 1e-05, which YAML 1.1 reads as a string: a .json file is read as JSON."""
+    config = tiny([ATTN], norm_eps=1e-6)
+    (tmp_path / "config.json").write_text(json.dumps(resolve_config(config).to_dict()))
+    assert resolve_config(tmp_path / "config.json").norm_eps == 1e-6

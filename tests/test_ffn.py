@@ -1,5 +1,7 @@
 """FFN: GLU family parameter counts and products, inner token shift, sigmoid output gate."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -79,6 +81,7 @@ REFERENCE_ACTIVATIONS = {
     "silu": lambda x: x * torch.sigmoid(x),
     "swish": lambda x: x * torch.sigmoid(x),
     "mish": lambda x: x * torch.tanh(torch.log1p(torch.exp(x))),
+    "gelu_tanh": lambda x: 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
 }
 
 

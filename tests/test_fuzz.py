@@ -86,7 +86,7 @@ def _leaf_types(annotation) -> set:
 
 def _float_cases() -> list[tuple[dict, str]]:
     base = {"dim_model": 8, "vocab_size": 11, "classifiers": [11], "layers": [{"type": "FFN"}]}
-    cases = [(dict(base, **{path[0]: None}), path) for path in float_paths(ModelConfig)]
+    cases = [(dict(base), path) for path in float_paths(ModelConfig)]  # nested ones too (rope_scaling.factor)
     cases += [(dict(base, classifiers=[{"num_classes": 11}]), ("classifiers", 0) + path)
               for path in float_paths(ClassifierConfig)]
     for name in list_blocks():

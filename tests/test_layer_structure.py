@@ -9,7 +9,7 @@ from safetensors import safe_open
 
 import configaformer
 from configaformer import ConfigError, Transformer
-from configaformer.layers.norms import ScaleNorm
+from configaformer.layers.norms import OffsetRMSNorm, ScaleNorm
 
 from .conftest import ATTN, FFN, VOCAB, tiny
 
@@ -34,6 +34,21 @@ def test_scalenorm_is_x_times_g_over_its_norm_with_one_parameter():
         norm.g.fill_(3.0)
     torch.testing.assert_close(norm(x).norm(dim=-1), torch.full((2, 5), 3.0))  # every row gets length g
     assert torch.equal(norm(torch.zeros(1, 32)), torch.zeros(1, 32))  # eps guards the zero vector
+
+
+def test_offset_rmsnorm_is_rmsnorm_with_gain_one_plus_w_starting_as_rmsnorm():
+    norm, plain = OffsetRMSNorm(32, eps=1e-6), torch.nn.RMSNorm(32, eps=1e-6)
+    x = torch.randn(2, 5, 32)
+    torch.testing.assert_close(norm(x), plain(x))  # w = 0 at init: gain 1
+    with torch.no_grad():
+        norm.weight.normal_()
+    rms = x.square().mean(-1, keepdim=True).add(1e-6).sqrt()
+    torch.testing.assert_close(norm(x), x / rms * (1 + norm.weight))
+    assert norm(x.bfloat16()).dtype == torch.bfloat16  # computed in float32, returned in the input's dtype
+    model = Transformer(tiny([dict(ATTN, post_norm_bool=True), FFN], norm_type="rmsnorm_offset"))
+    assert sum(isinstance(m, OffsetRMSNorm) for m in model.modules()) == 3 + 1 + 2
+    assert model.num_parameters() == Transformer(tiny([dict(ATTN, post_norm_bool=True), FFN],
+                                                      norm_type="rmsnorm")).num_parameters()
 
 
 def test_scalenorm_everywhere_and_its_parameter_count():

@@ -50,3 +50,20 @@ def test_under_autocast_the_chunks_match_an_autocast_linear_layer():
         got = linear_cross_entropy(h, weight, b, targets, chunk=8)
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
     assert got.dtype == torch.float32
+
+
+@pytest.mark.parametrize("chunk", [5, 64])
+def test_softcapped_loss_gradients_and_stats_equal_those_of_the_capped_logits(chunk):
+    h, weight, b, targets = operands()
+    cap = 1.5
+    params = [h, weight, b]
+    logits = cap * torch.tanh(F.linear(h, weight, b) / cap)
+    expected = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+    want = torch.autograd.grad(expected, params)
+    got = linear_cross_entropy(h, weight, b, targets, chunk=chunk, softcap=cap)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-6)
+    for g, w in zip(torch.autograd.grad(got, params), want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    nats = linear_cross_entropy_stats(h, weight, b, targets, chunk=chunk, softcap=cap)[0]
+    assert float(nats) == pytest.approx(float(F.cross_entropy(logits.detach(), targets, reduction="sum")), rel=1e-6)
+    assert abs(float(expected.detach()) - float(F.cross_entropy(F.linear(h, weight, b).detach(), targets))) > 1e-2  # the cap matters

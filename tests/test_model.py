@@ -215,3 +215,25 @@ def test_loss_from_targets_equals_cross_entropy_of_the_logits(head_type):
     first, second = model(ids, targets={0: targets, 1: small})  # each head its own targets
     torch.testing.assert_close(first, expected)
     torch.testing.assert_close(second, torch.nn.functional.cross_entropy(logits[1].flatten(0, 1), small.flatten()))
+
+
+def test_emb_scale_multiplies_the_token_embeddings():
+    ids = torch.randint(0, VOCAB, (2, 5))
+    plain = Transformer(tiny([ATTN, FFN], input_emb_size=16))
+    scaled = Transformer(tiny([ATTN, FFN], input_emb_size=16, emb_scale=3.0))
+    scaled.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        plain.embedding.weight.mul_(3.0)  # the same as scaling the table (the head is not tied)
+    torch.testing.assert_close(scaled(ids)[0], plain(ids)[0])
+
+
+def test_a_head_logit_softcap_bounds_the_logits_and_the_loss_path_agrees():
+    config = tiny([ATTN, FFN], classifiers=[{"num_classes": VOCAB, "head_type": "linear", "logit_softcap": 0.5}])
+    model = Transformer(config)
+    with torch.no_grad():
+        model.heads[0].out.weight.mul_(50)
+    ids, targets = torch.randint(0, VOCAB, (2, 6)), torch.randint(0, VOCAB, (2, 6))
+    (logits,) = model(ids)
+    assert logits.abs().max() <= 0.5 and logits.abs().max() > 0.45
+    (loss,) = model(ids, targets=targets)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()))

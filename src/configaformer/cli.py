@@ -4,6 +4,7 @@
     configaformer demo             build the seed example, print its table and run a forward pass
     configaformer data ...         prepare, inspect and verify token datasets (configaformer.data)
     configaformer train RUN        train from a run file; configaformer generate RUN_DIR samples
+    configaformer import-hf / export-hf   Hugging Face checkpoints in and out (configaformer.interop)
 
 A bad input (a config, file or flag) prints one line `configaformer: <message>` on stderr and
 exits with 2; `configaformer --debug ...` shows the traceback instead. Exceptions of other types
@@ -133,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.cli import add_train_commands  # configaformer train | generate
 
     add_train_commands(sub)
+    from .interop.cli import add_interop_commands  # configaformer import-hf | export-hf
+    from .train.cli import checkpoint_dir
+
+    add_interop_commands(sub, run_checkpoint=checkpoint_dir)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -87,14 +88,15 @@ def remove_path(path: Path) -> None:
 
 
 def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
-    """The mapping in a YAML or JSON file (JSON is YAML, so one parser serves both); a
-    ConfigError naming the file for anything else."""
+    """The mapping in a YAML or JSON file; a ConfigError naming the file for anything else. A
+    `.json` file is read as JSON: YAML 1.1 (PyYAML) reads JSON's `1e-05` as a string."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(Problem("", f"{what} {str(path)!r} does not exist"))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(Problem("", f"{path} is not valid YAML/JSON: {exc}")) from None
     if not isinstance(data, dict):
         raise ConfigError(Problem("", f"{path} must hold a mapping of {what} keys, got {type(data).__name__}"))

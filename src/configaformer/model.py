@@ -1,6 +1,6 @@
 """The model: token embedding -> layers (each built from its layer dict) -> classifier heads.
 
-    ids (B, L) -> embedding (B, L, input_emb_size) -> [projection] -> [+ absolute positions]
+    ids (B, L) -> embedding (B, L, input_emb_size) [* emb_scale] -> [projection] -> [+ absolute positions]
         -> dropout -> (B, L, dim_model)
         -> layers[0] ... layers[n-1]  each forward(x, ctx) -> (B, L, dim_model)
         -> final norm -> one head per classifier -> tuple of logits (B, L, classes)
@@ -52,7 +52,7 @@ class Transformer(nn.Module):
         self.emb_dropout = nn.Dropout(cfg.emb_dropout) if cfg.emb_dropout > 0 else None
         rope_dims = sorted({d for d in (layer.rotary_dim() for layer in cfg.layers) if d})
         self.rotary = nn.ModuleDict({
-            str(d): RotaryTable(d, cfg.rope_base, initial_len=cfg.max_seq_len or 256) for d in rope_dims
+            str(d): RotaryTable(d, cfg.rope_base, initial_len=cfg.max_seq_len or 256, scaling=cfg.rope_scaling) for d in rope_dims
         })
         # A layer with share_weights_with (resolved to the owner) reuses the owner's whole Layer
         # module: the ModuleList holds the same module twice, its parameters exist once.
@@ -135,7 +135,8 @@ class Transformer(nn.Module):
             per_head = targets.items() if isinstance(targets, Mapping) else [(0, targets)]
             loss = linear_cross_entropy_stats if loss_stats else linear_cross_entropy
             out = tuple(loss(self.heads[i].features(x).flatten(0, 1), self.heads[i].out.weight,
-                             self.heads[i].out.bias, t.reshape(-1)) for i, t in per_head)
+                             self.heads[i].out.bias, t.reshape(-1), softcap=self.heads[i].softcap)
+                        for i, t in per_head)
         return (out, reports) if aux else out
 
     def loss_parameters(self) -> list[nn.Parameter]:
@@ -152,6 +153,8 @@ class Transformer(nn.Module):
         if check_inputs:
             token_ids = self._check_input(token_ids, padding_mask, cache)
         x = self.embedding(token_ids)  # (B, L, input_emb_size)
+        if self.config.emb_scale != 1.0:
+            x = x * self.config.emb_scale
         if self.emb_proj is not None:
             x = self.emb_proj(x)  # (B, L, dim_model)
         length = token_ids.shape[1]
@@ -268,6 +271,14 @@ class Transformer(nn.Module):
         """Write config.json (the resolved config) and model.safetensors into `directory`, atomically
         (each shared tensor once: see configaformer.weights)."""
         return write_pretrained(directory, self.config, self.state_dict(), alias_groups(self))
+
+    @classmethod
+    def from_hf(cls, directory: str | os.PathLike) -> Transformer:
+        """Import a local Hugging Face model directory (GPT-2, Llama, Mistral, Qwen2, Gemma 2:
+        config.json + safetensors); see configaformer.interop and docs/interop.md."""
+        from .interop import load_hf
+
+        return load_hf(directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> Transformer:

@@ -20,6 +20,8 @@ Papers:
   (`qkv_conv_kernel`).
 - Per-head output gates: Qiu et al. 2025, arXiv 2505.06708 (`head_gate_bool`).
 - Persistent memory key/values: Sukhbaatar et al. 2019, arXiv 1907.01470 (`num_memory_kv`).
+- A score scale other than 1/sqrt(head size): Gemma 2's query_pre_attn_scalar, arXiv 2408.00118
+  (`attn_scale`).
 
 Shapes: input/output (B, L, dim_model); q (B, H, L, Dh), k and v (B, G, L + M, Dh) with
 Dh = dim_attn / num_heads, G = num_kv_heads, M = num_memory_kv.
@@ -63,7 +65,7 @@ class AlibiConfig(StrictModel):
 
 # Keys that act on attention scores, which a lazy layer does not compute.
 SCORE_KEYS = ("qk_norm_bool", "talking_heads_bool", "logit_softcap", "window_size", "rel_pos_bias",
-              "bias_mask_config")
+              "bias_mask_config", "attn_scale")
 
 
 class AttentionConfig(LayerConfig):
@@ -88,10 +90,13 @@ class AttentionConfig(LayerConfig):
     head_gate_bool: bool = False
     num_memory_kv: NonNegativeInt = 0
     attn_dropout: NonNegativeFloat = Field(0.0, lt=1.0)
+    attn_scale: Optional[PositiveFloat] = None  # scores = q.k * attn_scale; None: 1 / sqrt(dim_attn / num_heads)
     bias_bool: bool = True
+    out_bias_bool: Optional[bool] = None  # bias of the output projection; None: bias_bool (Qwen2: q/k/v only)
 
     def resolve(self, model: ModelConfig) -> AttentionConfig:
         update = {"dim_attn": self.dim_attn or model.dim_model,
+                  "out_bias_bool": self.bias_bool if self.out_bias_bool is None else self.out_bias_bool,
                   "dim_rope": model.dim_rope if self.dim_rope is None else self.dim_rope,
                   "num_kv_heads": self.num_kv_heads or self.num_heads}
         if self.bias_mask_config is not None and self.bias_mask_config.form is None:
@@ -115,7 +120,7 @@ class AttentionConfig(LayerConfig):
         dim, da, dkv, bias = model.dim_model, self.dim_attn, self.dim_kv, int(self.bias_bool)
         heads, lazy = self.num_heads, self.previous_attention_bool
         proj = dkv if lazy else da + 2 * dkv  # v only, or q, k, v
-        total = dim * proj + bias * proj + da * dim + bias * dim
+        total = dim * proj + bias * proj + da * dim + int(self.out_bias_bool) * dim
         total += 2 * self.dim_head * self.qk_norm_bool + 2 * heads * heads * self.talking_heads_bool
         total += self.rel_pos_bias.num_buckets * heads if self.rel_pos_bias else 0
         total += (self.qkv_conv_kernel + bias) * proj if self.qkv_conv_kernel else 0
@@ -212,12 +217,13 @@ class AttentionConfig(LayerConfig):
         parts.append("causal" if self.causal_mask_bool else "bidir")
         flags = {"lazy": self.previous_attention_bool, "residual": self.residual_attention_bool,
                  "qk_norm": self.qk_norm_bool, "talking_heads": self.talking_heads_bool,
-                 "head_gate": self.head_gate_bool, "t5_bias": self.rel_pos_bias is not None}
+                 "head_gate": self.head_gate_bool, "t5_bias": self.rel_pos_bias is not None,
+                 "no_out_bias": self.bias_bool and not self.out_bias_bool}
         parts += [name for name, on in flags.items() if on]
         if self.bias_mask_config:
             parts.append(f"alibi={self.bias_mask_config.form}")
         for key, label in [("window_size", "window"), ("logit_softcap", "softcap"), ("qkv_conv_kernel", "conv"),
-                           ("num_memory_kv", "mem_kv")]:
+                           ("num_memory_kv", "mem_kv"), ("attn_scale", "scale")]:
             if getattr(self, key):
                 parts.append(f"{label}={getattr(self, key):g}")
         rest = super().summary()
@@ -246,7 +252,7 @@ class Attention(Block):
         self.explicit = (self.keep_map or self.keep_scores or cfg.talking_heads_bool or self.softcap is not None
                          or model.attention_impl == "explicit")
         self.attn_dropout = cfg.attn_dropout
-        self.scale = self.dim_head ** -0.5
+        self.scale = self.dim_head ** -0.5 if cfg.attn_scale is None else cfg.attn_scale
 
         proj = cfg.dim_kv if self.lazy else cfg.dim_attn + 2 * cfg.dim_kv
         if self.lazy:
@@ -268,7 +274,7 @@ class Attention(Block):
             self.memory_k = None if self.lazy else nn.Parameter(torch.empty(shape))
             self.memory_v = nn.Parameter(torch.empty(shape))
         self.init_std = model.init_std
-        self.out_proj = nn.Linear(cfg.dim_attn, dim, bias=bias)
+        self.out_proj = nn.Linear(cfg.dim_attn, dim, bias=cfg.out_bias_bool)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -7,7 +7,8 @@ Papers:
   of them through `activation` (the key keeps its original name; it counts *activated*
   projections, whatever the activation): 2 with 1 = GEGLU (gelu) or SwiGLU (silu), 2 with 0 =
   bilinear. 0 or 1 projection = plain MLP.
-- `activation`: gelu (Hendrycks & Gimpel, arXiv 1606.08415), relu, squared_relu (Primer, So et
+- `activation`: gelu (Hendrycks & Gimpel, arXiv 1606.08415) and its tanh approximation gelu_tanh
+  (GPT-2, Gemma), relu, squared_relu (Primer, So et
   al. 2021, arXiv 2109.08668), silu / swish (alias; Ramachandran et al., arXiv 1710.05941), mish
   (Misra 2019, arXiv 1908.08681).
 - Token shift on the hidden features (`inner_token_shift_config`) and the sigmoid output gate
@@ -43,7 +44,7 @@ class FFNForm(StrictModel):
     ff_mult: PositiveFloat = 4.0
     num_projections: int = Field(1, ge=0, le=4)
     num_gelu: Optional[NonNegativeInt] = None  # None: 1; counts projections through `activation`
-    activation: Literal["gelu", "relu", "squared_relu", "silu", "swish", "mish"] = "gelu"
+    activation: Literal["gelu", "gelu_tanh", "relu", "squared_relu", "silu", "swish", "mish"] = "gelu"
     bias_bool: bool = True
 
     def form_defaults(self) -> dict:

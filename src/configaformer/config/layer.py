@@ -13,7 +13,7 @@ from .base import StrictModel
 if TYPE_CHECKING:  # pragma: no cover
     from .model import ModelConfig
 
-NormType = Literal["layernorm", "rmsnorm", "scalenorm", "none"]
+NormType = Literal["layernorm", "rmsnorm", "rmsnorm_offset", "scalenorm", "none"]
 GateActivation = Literal["none", "sigmoid", "gelu", "silu", "relu", "tanh"]
 ResidualScale = Literal["none", "rezero", "layerscale"]
 
@@ -22,8 +22,8 @@ LAYERSCALE_INIT = 1e-4  # default `layerscale_init` (see README: between CaiT's 
 
 def norm_params(norm_type: str, dim: int) -> int:
     """Parameters of one norm of width `dim` (for the parameter-count formulas): LayerNorm has a
-    weight and a bias per feature, RMSNorm a weight per feature, ScaleNorm one scalar."""
-    return {"layernorm": 2 * dim, "rmsnorm": dim, "scalenorm": 1, "none": 0}[norm_type]
+    weight and a bias per feature, RMSNorm (either form) a weight per feature, ScaleNorm one scalar."""
+    return {"layernorm": 2 * dim, "rmsnorm": dim, "rmsnorm_offset": dim, "scalenorm": 1, "none": 0}[norm_type]
 
 
 def scaled_width(mult: float, dim: int) -> int:

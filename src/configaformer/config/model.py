@@ -10,6 +10,20 @@ from .base import StrictModel
 from .layer import NormType, norm_params, scaled_width
 
 
+class RopeScalingConfig(StrictModel):
+    """Llama 3's rotary frequency scaling (Grattafiori et al. 2024, arXiv 2407.21783; the
+    `llama3` rope_type of Hugging Face transformers). With wavelength w = 2 pi / f of a rotary
+    frequency f and L = original_max_seq_len: frequencies with w < L / high_freq_factor stay,
+    those with w > L / low_freq_factor are divided by `factor`, and those between are blended,
+    f' = (1 - s) f / factor + s f with s = (L / w - low_freq_factor) / (high_freq_factor - low_freq_factor)."""
+
+    type: Literal["llama3"] = "llama3"
+    factor: float = Field(8.0, ge=1.0)
+    low_freq_factor: PositiveFloat = 1.0
+    high_freq_factor: PositiveFloat = 4.0
+    original_max_seq_len: PositiveInt = 8192
+
+
 class ClassifierConfig(StrictModel):
     """One output head. A bare integer in `classifiers` means `{"num_classes": n}`."""
 
@@ -18,6 +32,7 @@ class ClassifierConfig(StrictModel):
     head_type: Literal["ffn", "linear", "tied"] = "ffn"
     bias_bool: bool = True
     ff_mult: PositiveFloat = 1.0  # hidden width of the "ffn" head, in units of dim_model
+    logit_softcap: Optional[PositiveFloat] = None  # logits -> c * tanh(logits / c) (Gemma 2, arXiv 2408.00118)
 
     def dim_hidden(self, model: ModelConfig) -> int:
         return scaled_width(self.ff_mult, model.dim_model)
@@ -52,6 +67,8 @@ class ModelConfig(StrictModel):
     norm_eps: float = Field(1e-5, ge=1e-12)
     final_norm_bool: bool = True
     rope_base: PositiveFloat = 10000.0
+    rope_scaling: Optional[RopeScalingConfig] = None
+    emb_scale: PositiveFloat = 1.0  # token embeddings times this (Gemma: sqrt(dim_model)), before any projection
     # At most 1: each linear layer multiplies an activation's scale by about init_std * sqrt(width),
     # and init_std 3.5 overflowed float32 within four layers of a norm-free stack (fuzz suite).
     init_std: PositiveFloat = Field(0.02, le=1.0)

@@ -187,6 +187,13 @@ def _check_model_keys(model: ModelConfig) -> list[Problem]:
     if model.rope_base != fields["rope_base"].default and not any(layer.rotary_dim() for layer in model.layers):
         problems.append(Problem("rope_base", "no layer rotates (dim_rope is 0 or rotation is off in every layer), so "
                                              "the rotary base is unused; leave rope_base out or set dim_rope"))
+    scaling = model.rope_scaling
+    if scaling is not None and not any(layer.rotary_dim() for layer in model.layers):
+        problems.append(Problem("rope_scaling", "no layer rotates (dim_rope is 0 or rotation is off in every layer), "
+                                                "so the rotary scaling is unused; leave rope_scaling out or set dim_rope"))
+    if scaling is not None and scaling.high_freq_factor <= scaling.low_freq_factor:
+        problems.append(Problem("rope_scaling.high_freq_factor", f"{scaling.high_freq_factor:g} must exceed "
+                                                                 f"low_freq_factor ({scaling.low_freq_factor:g})"))
     if model.attention_impl == "explicit" and not any("attn_map" in layer.produces() for layer in model.layers):
         problems.append(Problem("attention_impl", "explicit forms the attention matrix of self-attention layers, "
                                                   "but no layer computes one; leave attention_impl out"))

@@ -15,9 +15,16 @@ def squared_relu(x: torch.Tensor) -> torch.Tensor:
     return torch.square(F.relu(x))
 
 
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (Hendrycks &
+    Gimpel 2016, arXiv 1606.08415): GPT-2's `gelu_new` and Gemma's `gelu_pytorch_tanh`."""
+    return F.gelu(x, approximate="tanh")
+
+
 ACTIVATIONS = {
     "none": identity,
     "gelu": F.gelu,
+    "gelu_tanh": gelu_tanh,
     "sigmoid": torch.sigmoid,
     "silu": F.silu,  # = swish with beta 1 (Ramachandran et al. 2017, arXiv 1710.05941)
     "swish": F.silu,

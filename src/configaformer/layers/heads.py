@@ -1,7 +1,9 @@
 """Classifier heads: each maps final hidden states (B, L, dim_model) to logits (B, L, classes).
 
-Every head is `out(features(x))` with `out` a linear layer, so a loss can be computed from
-`features(x)` and `out`'s weight without forming all logits (layers/losses.py).
+Every head is `cap(out(features(x)))` with `out` a linear layer and `cap` the optional logit
+soft-cap `c * tanh(z / c)` (`logit_softcap`, Gemma 2, arXiv 2408.00118), so a loss can be
+computed from `features(x)`, `out`'s weight and `softcap` without forming all logits
+(layers/losses.py).
 
 - "ffn" (default): x + FFN(norm(x)), then norm and a linear layer. The small residual FFN lets
   heads that share one trunk specialise its features.
@@ -20,7 +22,21 @@ from ..config import ClassifierConfig, ModelConfig
 from .norms import make_norm
 
 
-class FFNHead(nn.Module):
+class Head(nn.Module):
+    """What every head shares: logits = cap(out(features(x)))."""
+
+    softcap: float | None = None
+    out: nn.Linear
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.out(self.features(x))
+        return logits if self.softcap is None else self.softcap * torch.tanh(logits / self.softcap)
+
+
+class FFNHead(Head):
     def __init__(self, cfg: ClassifierConfig, model: ModelConfig):
         super().__init__()
         dim, hidden = model.dim_model, cfg.dim_hidden(model)
@@ -35,11 +51,8 @@ class FFNHead(nn.Module):
         x = x + self.down(F.gelu(self.up(self.norm(x))))
         return self.out_norm(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.features(x))
 
-
-class LinearHead(nn.Module):
+class LinearHead(Head):
     def __init__(self, cfg: ClassifierConfig, model: ModelConfig):
         super().__init__()
         self.out = nn.Linear(model.dim_model, cfg.num_classes, bias=cfg.bias_bool)
@@ -47,11 +60,8 @@ class LinearHead(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(x)
 
-
-class TiedHead(nn.Module):
+class TiedHead(Head):
     def __init__(self, cfg: ClassifierConfig, model: ModelConfig, embedding: nn.Embedding):
         super().__init__()
         emb = model.emb_size
@@ -62,11 +72,11 @@ class TiedHead(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.proj is None else self.proj(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.features(x))
 
-
-def make_head(cfg: ClassifierConfig, model: ModelConfig, embedding: nn.Embedding) -> nn.Module:
+def make_head(cfg: ClassifierConfig, model: ModelConfig, embedding: nn.Embedding) -> Head:
     if cfg.head_type == "tied":
-        return TiedHead(cfg, model, embedding)
-    return {"ffn": FFNHead, "linear": LinearHead}[cfg.head_type](cfg, model)
+        head = TiedHead(cfg, model, embedding)
+    else:
+        head = {"ffn": FFNHead, "linear": LinearHead}[cfg.head_type](cfg, model)
+    head.softcap = cfg.logit_softcap
+    return head
