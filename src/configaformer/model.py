@@ -52,7 +52,8 @@ class Transformer(nn.Module):
         self.emb_dropout = nn.Dropout(cfg.emb_dropout) if cfg.emb_dropout > 0 else None
         rope_dims = sorted({d for d in (layer.rotary_dim() for layer in cfg.layers) if d})
         self.rotary = nn.ModuleDict({
-            str(d): RotaryTable(d, cfg.rope_base, initial_len=cfg.max_seq_len or 256, scaling=cfg.rope_scaling) for d in rope_dims
+            str(d): RotaryTable(d, cfg.rope_base, initial_len=cfg.max_seq_len or 256, scaling=cfg.rope_scaling)
+            for d in rope_dims
         })
         # A layer with share_weights_with (resolved to the owner) reuses the owner's whole Layer
         # module: the ModuleList holds the same module twice, its parameters exist once.

@@ -284,7 +284,8 @@ class Trainer:
         # over ranks: every rank logs, and stops on a NaN (in the heads' or the auxiliary losses), alike
         total, objective = self.engine.mean(total), self.engine.mean(objective)
         if not (math.isfinite(total) and math.isfinite(objective)):
-            raise TrainingError(f"the loss became {total if not math.isfinite(total) else objective} at step {self.step + 1}; stopping. The last good checkpoint "
+            bad = total if not math.isfinite(total) else objective
+            raise TrainingError(f"the loss became {bad} at step {self.step + 1}; stopping. The last good checkpoint "
                                 f"is {latest_checkpoint(self.run_dir) or 'none (no checkpoint was written yet)'}. "
                                 f"Try a lower train.lr or train.grad_clip")
         self._updating = True  # parameters change from here until the step is counted
