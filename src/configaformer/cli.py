@@ -68,15 +68,19 @@ def print_info(config, batch: int, seq_len: int) -> None:
     summary = summarize(config, batch=batch, seq_len=seq_len)
     table = Table(title=f"configaformer model (batch={batch}, seq_len={seq_len})")
     for col, justify in [("layer", "left"), ("type", "left"), ("settings", "left"),
-                         ("params", "right"), ("output shape", "right")]:
+                         ("params", "right"), ("FLOPs/token", "right"), ("output shape", "right")]:
         table.add_column(col, justify=justify, no_wrap=True)
     for row in summary.rows:
-        table.add_row(row.name, row.kind, row.settings, f"{row.params:,}", str(list(row.shape)))
+        table.add_row(row.name, row.kind, row.settings, f"{row.params:,}", f"{row.flops:,}" if row.flops else "",
+                      str(list(row.shape)))
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(table)
     console.print(f"embedding parameters:     {summary.embedding_params:>15,}")
     console.print(f"non-embedding parameters: {summary.non_embedding_params:>15,}")
     console.print(f"total parameters:         {summary.total_params:>15,}")
+    flops = summary.flops
+    console.print(f"forward FLOPs per token at seq_len {flops.seq_len}: {flops.forward:,}; "
+                  f"a training step's: {flops.train_step:,} (matrix products; configaformer.flops)")
 
 
 def cmd_info(args) -> int:

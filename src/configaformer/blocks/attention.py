@@ -128,6 +128,21 @@ class AttentionConfig(LayerConfig):
         total += (1 if lazy else 2) * self.num_memory_kv * dkv
         return total
 
+    def block_flops(self, model: ModelConfig, seq_len: int) -> int:
+        """Per token at context length L: the per-token weights once (not the memory key/values,
+        norm gains, bias tables or head-mixing matrices), plus q.k^T (skipped by a lazy layer,
+        which reuses a map) and map.v over L + num_memory_kv keys, each 2 * dim_attn FLOPs per key,
+        counted over the whole L x L product as torch's kernels and flop counter do (causal masking
+        and windows not subtracted); talking heads mix the heads' maps twice. GQA shrinks k/v
+        through their weights only: each query head still attends over every key."""
+        keys, heads = seq_len + self.num_memory_kv, self.num_heads
+        products = 1 if self.previous_attention_bool else 2
+        not_per_token = (2 * self.dim_head * self.qk_norm_bool + 2 * heads * heads * self.talking_heads_bool
+                         + (self.rel_pos_bias.num_buckets * heads if self.rel_pos_bias else 0)
+                         + (1 if self.previous_attention_bool else 2) * self.num_memory_kv * self.dim_kv)
+        flops = 2 * (self.block_params(model) - not_per_token) + products * 2 * keys * self.dim_attn
+        return flops + 2 * 2 * heads * heads * keys * self.talking_heads_bool
+
     def check(self, model: ModelConfig):
         issues = super().check(model)
         if self.dim_attn % self.num_heads:

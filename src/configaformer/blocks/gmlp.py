@@ -76,6 +76,15 @@ class GMLPConfig(LayerConfig):
         tiny = (dim * 3 * a + bias * 3 * a + a * half + bias * half) if a else 0
         return up + norm + spatial + down + tiny
 
+    def block_flops(self, model: ModelConfig, seq_len: int) -> int:
+        """Per token at context length L: the projections once, the spatial product W[:L, :L] v
+        (2 * L * hidden/2, the causal mask's zeros included) and, for aMLP, the tiny attention's
+        q.k^T and map.v (2 * L * dim_tiny_attn each). W and the norm's gains are not
+        per-token weights."""
+        n = model.max_seq_len or 0
+        weights = self.block_params(model) - (n * n + n) - norm_params(self.norm_type, self.dim_hidden(model) // 2)
+        return 2 * weights + 2 * seq_len * (self.dim_hidden(model) // 2) + 2 * 2 * seq_len * self.dim_tiny_attn
+
     def uses_norm_type(self) -> bool:
         return True  # the norm on v
 

@@ -79,6 +79,9 @@ class ParallelConfig(LayerConfig):
     def block_params(self, model: ModelConfig) -> int:
         return self.attention.block_params(model) + self.ffn.block_params(model)
 
+    def block_flops(self, model: ModelConfig, seq_len: int) -> int:
+        return self.attention.block_flops(model, seq_len) + self.ffn.block_flops(model, seq_len)
+
     def gate_bias(self) -> bool:
         return self.attention.gate_bias() or self.ffn.gate_bias()
 
