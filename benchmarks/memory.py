@@ -23,21 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]  # the directory holding the benchmar
 
 
 def peak_rss_mib() -> tuple[float, str]:
-    """(peak resident set size of this process so far in MiB, where the number came from).
+    """(peak resident set size of this process so far in MiB, where the number came from): the
+    product's own reading (configaformer.search.profile.peak_mib; Linux VmHWM, which a fresh
+    process does not inherit from its parent, unlike ru_maxrss)."""
+    import torch
 
-    On Linux this reads VmHWM from /proc/self/status rather than ru_maxrss: Linux carries
-    ru_maxrss over across execve, so a subprocess started by a parent that once held 1.5 GiB
-    reports 1.5 GiB from its first line on and the increase over the steps reads as zero.
-    VmHWM belongs to the address space, which exec replaces, so it starts afresh."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**10, "VmHWM"  # kB
-    import resource  # elsewhere: ru_maxrss (fine as long as the parent's peak stays below ours)
+    from configaformer.search.profile import peak_mib
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (peak / 2**20 if sys.platform == "darwin" else peak / 2**10), "ru_maxrss"  # macOS: bytes
+    return peak_mib(torch.device("cpu")), "VmHWM" if Path("/proc/self/status").exists() else "ru_maxrss"
 
 
 def measure(job: dict) -> dict:

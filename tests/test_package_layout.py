@@ -10,7 +10,7 @@ import pytest
 import configaformer
 
 ROOT = Path(configaformer.__file__).parent
-TOOLS = ("train", "parallel", "data", "cli", "__main__")
+TOOLS = ("train", "parallel", "data", "search", "cli", "__main__")
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -5,6 +5,7 @@
     configaformer data ...         prepare, inspect and verify token datasets (configaformer.data)
     configaformer train RUN        train from a run file; configaformer generate RUN_DIR samples
     configaformer import-hf / export-hf   Hugging Face checkpoints in and out (configaformer.interop)
+    configaformer profile CONFIG...       parameters, FLOPs, memory, speed, KV bytes (configaformer.search)
 
 A bad input (a config, file or flag) prints one line `configaformer: <message>` on stderr and
 exits with 2; `configaformer --debug ...` shows the traceback instead. Exceptions of other types
@@ -142,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.cli import checkpoint_dir
 
     add_interop_commands(sub, run_checkpoint=checkpoint_dir)
+    from .search.cli import add_profile_command  # configaformer profile
+
+    add_profile_command(sub)
     return parser
 
 
@@ -152,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
         if extra and not getattr(args, "takes_overrides", False):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        if getattr(args, "batch", 1) < 1 or getattr(args, "seq_len", 1) < 1:
+        if any(value is not None and value < 1 for value in (getattr(args, "batch", None), getattr(args, "seq_len", None))):
             raise UsageError("--batch and --seq-len must be >= 1")
         return args.func(args, extra) if getattr(args, "takes_overrides", False) else args.func(args)
     except UsageError as err:

@@ -264,8 +264,13 @@ class Attention(Block):
         self.num_memory = cfg.num_memory_kv
         # The one rule for the attention path: materialise the L x L matrix only when a later
         # layer reads it, when scores are mixed or capped, or when the user asked for it.
-        self.explicit = (self.keep_map or self.keep_scores or cfg.talking_heads_bool or self.softcap is not None
-                         or model.attention_impl == "explicit")
+        reasons = [("a later layer reads its attention map", self.keep_map),
+                   ("a later layer reads its scores (residual attention)", self.keep_scores),
+                   ("talking_heads_bool mixes the scores", cfg.talking_heads_bool),
+                   ("logit_softcap caps the scores", self.softcap is not None),
+                   ("the model's attention_impl is explicit", model.attention_impl == "explicit")]
+        self.explicit_reasons = tuple(why for why, applies in reasons if applies)  # shown by configaformer profile
+        self.explicit = bool(self.explicit_reasons)
         self.attn_dropout = cfg.attn_dropout
         self.scale = self.dim_head ** -0.5 if cfg.attn_scale is None else cfg.attn_scale
 
